@@ -1,0 +1,29 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import datagen  # noqa: E402
+
+
+@pytest.fixture
+def image_tree(tmp_path):
+    """An ImageFolder tree with one image of every format and mode (see datagen.IMAGE_CASES)."""
+    return datagen.make_image_tree(tmp_path / "images")
+
+
+@pytest.fixture
+def jpeg_tree(tmp_path):
+    """3 classes × 10 JPEGs."""
+    return datagen.make_jpeg_tree(tmp_path / "jpegs")
+
+
+@pytest.fixture
+def sequences():
+    return datagen.random_sequences(500, seed=1)
+
+
+@pytest.fixture
+def jsonl_file(tmp_path, sequences):
+    return datagen.write_jsonl(tmp_path / "seq" / "train.jsonl", sequences)
