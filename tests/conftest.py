@@ -27,3 +27,14 @@ def sequences():
 @pytest.fixture
 def jsonl_file(tmp_path, sequences):
     return datagen.write_jsonl(tmp_path / "seq" / "train.jsonl", sequences)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-long", action="store_true", default=False,
+                     help="run the hypothesis fuzz tests with many more examples")
+
+
+@pytest.fixture
+def fuzz_examples(request):
+    """How many examples a fuzz property runs: short by default, long with --fuzz-long."""
+    return 2000 if request.config.getoption("--fuzz-long") else 60
