@@ -42,11 +42,15 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 def image_members(key: str, ext: str, image: bytes, label: int, meta: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """The ``(name, bytes)`` members of one image sample: the image, its label, its metadata."""
     return [(f"{key}.{ext}", image), (f"{key}.{LABEL_EXT}", str(label).encode()),
             (f"{key}.{META_EXT}", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())]
 
 
 def smallest_unsigned(largest: int) -> np.dtype:
+    """The smallest unsigned dtype holding ``0..largest``; ``ValueError`` if negative or over 64 bits."""
+    if largest < 0:
+        raise ValueError(f"value {largest} is negative")
     for name in ("uint8", "uint16", "uint32", "uint64"):
         if largest <= np.iinfo(name).max:
             return np.dtype(name)
@@ -54,6 +58,7 @@ def smallest_unsigned(largest: int) -> np.dtype:
 
 
 def smallest_signed(smallest: int, largest: int) -> np.dtype:
+    """The smallest signed dtype holding ``smallest..largest``; ``ValueError`` beyond 64 bits."""
     for name in ("int8", "int16", "int32", "int64"):
         info = np.iinfo(name)
         if info.min <= smallest and largest <= info.max:
@@ -79,22 +84,43 @@ def block_members(key: str, tokens: np.ndarray, lengths: np.ndarray,
 
 
 def load_npy(data: bytes, shard: str, member: str) -> np.ndarray:
-    """Decode a ``.npy`` member without ever unpickling (object arrays are refused)."""
+    """Decode a ``.npy`` member holding a 1-D integer array, in native byte order and writable.
+
+    Never unpickles, and checks the header's shape against the bytes present before anything is
+    allocated, so a header claiming a huge array costs nothing.
+
+    Raises:
+        ShardError: not a version 1 or 2 ``.npy``, not a 1-D integer array (object, float,
+            structured, multi-dimensional), or a header that disagrees with the data length.
+    """
+    stream = io.BytesIO(data)
     try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
+        version = np.lib.format.read_magic(stream)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"unsupported .npy version {version}")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(stream)
+    except Exception as err:  # noqa: BLE001 - numpy's header parser raises a zoo of types on
+        # garbage (ValueError, SyntaxError, tokenize.TokenError, ...), varying by version
         raise ShardError(f"not a valid .npy array ({err})", shard=shard, member=member) from None
-    if array.dtype.kind not in "iu" or array.ndim != 1:
-        raise ShardError(f"expected a 1-D integer array, found {array.dtype} with shape {array.shape}",
+    if dtype.kind not in "iu" or len(shape) != 1:
+        raise ShardError(f"expected a 1-D integer array, found {dtype} with shape {shape}",
                          shard=shard, member=member)
-    return array
+    start = stream.tell()
+    if shape[0] * dtype.itemsize != len(data) - start:
+        raise ShardError(f"header says {shape[0]} values of {dtype.itemsize} bytes, the member holds "
+                         f"{len(data) - start} bytes after it", shard=shard, member=member)
+    array = np.frombuffer(data, dtype=dtype, count=shape[0], offset=start)
+    return array.astype(dtype.newbyteorder("="))  # a writable copy, as np.load gives
 
 
 def decode_block(members: dict[str, bytes], shard: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``(tokens, offsets, labels)`` of one block: offsets has one more entry than there are sequences.
+    """``(tokens, offsets, labels)`` of one block: offsets (int64) has one more entry than there are
+    sequences; sequence ``i`` is ``tokens[offsets[i]:offsets[i + 1]]``.
 
     Raises:
-        ShardError: a member is missing or malformed, or lengths disagree with the tokens.
+        ShardError: a member is missing or malformed, tokens or lengths are not unsigned, or
+            lengths disagree with the tokens or the labels.
     """
     try:
         tokens = load_npy(members[TOKENS_EXT], shard, f"{key}.{TOKENS_EXT}")
@@ -102,9 +128,19 @@ def decode_block(members: dict[str, bytes], shard: str, key: str) -> tuple[np.nd
     except KeyError as err:
         raise ShardError(f"token block lacks member {key}.{err.args[0]}", shard=shard) from None
     labels = load_npy(members[LABELS_EXT], shard, f"{key}.{LABELS_EXT}") if LABELS_EXT in members else None
+    for name, array in ((TOKENS_EXT, tokens), (LENGTHS_EXT, lengths)):
+        if array.dtype.kind != "u":
+            raise ShardError(f"expected unsigned integers, found {array.dtype}", shard=shard, member=f"{key}.{name}")
+    # each length is checked before summing, so the int64 sum cannot overflow
+    if len(lengths) and int(lengths.max()) > len(tokens):
+        raise ShardError(f"a length of {int(lengths.max())} exceeds the block's {len(tokens)} tokens",
+                         shard=shard, member=f"{key}.{LENGTHS_EXT}")
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    if offsets[-1] != len(tokens) or (labels is not None and len(labels) != len(lengths)):
-        raise ShardError(f"block lengths sum to {offsets[-1]} but it holds {len(tokens)} tokens "
-                         f"(or labels and lengths disagree)", shard=shard, member=f"{key}.{LENGTHS_EXT}")
+    np.cumsum(lengths.astype(np.int64), out=offsets[1:])
+    if offsets[-1] != len(tokens):
+        raise ShardError(f"block lengths sum to {offsets[-1]} but it holds {len(tokens)} tokens",
+                         shard=shard, member=f"{key}.{LENGTHS_EXT}")
+    if labels is not None and len(labels) != len(lengths):
+        raise ShardError(f"{len(labels)} labels for {len(lengths)} sequences", shard=shard,
+                         member=f"{key}.{LABELS_EXT}")
     return tokens, offsets, labels

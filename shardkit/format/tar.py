@@ -6,23 +6,31 @@ ordinary names (webdataset's own writer adds a 1 KB PAX header per member; see P
 
 The reader is a streaming header parser rather than :mod:`tarfile`, because it must never
 extract, never follow links, never allocate what a header merely claims, and must name the
-byte offset of whatever is wrong.
+byte offset of whatever is wrong. It reads PAX and GNU long-name headers (what ``tarfile`` and
+webdataset write), and insists on the end-of-archive marker, so a shard cut at a member boundary,
+or one whose header was zeroed by a crash, is an error rather than a silently shorter shard.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import posixpath
+import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO, NamedTuple
 
 from ..errors import ShardError
 
 BLOCK = 512
+ZERO_BLOCK = b"\0" * BLOCK
+END_OF_ARCHIVE = ZERO_BLOCK * 2
 #: Largest member the reader accepts unless told otherwise (one image or one token block).
 DEFAULT_MAX_MEMBER_SIZE = 1 << 30
-_MAX_META_SIZE = 1 << 20  # PAX / GNU long-name headers are tiny; anything larger is hostile
+#: PAX and GNU long-name headers before one member, all together: they are tiny, more is hostile.
+MAX_META_SIZE = 1 << 20
+_CHUNK = 1 << 22  # claimed sizes are read in chunks, so a header that lies never gets a big buffer
 _REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE)
 _META = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME)
 _LINKS_AND_SPECIALS = {tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard link",
@@ -30,22 +38,28 @@ _LINKS_AND_SPECIALS = {tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard 
                        tarfile.FIFOTYPE: "FIFO", tarfile.CONTTYPE: "contiguous file"}
 
 
+# --- writing ---------------------------------------------------------------------------------
+
 def member_header(name: str, size: int) -> bytes:
-    """The deterministic 512-byte USTAR header of a regular file member."""
+    """The deterministic 512-byte USTAR header of a regular file member.
+
+    Raises:
+        ValueError: ``name`` is unsafe (absolute, ``..``) or too long for USTAR (100 bytes, or 255
+            split at a slash).
+    """
+    if _name_problem(name):
+        raise ValueError(f"tar member name {name!r} is {_name_problem(name)}")
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = 0
     info.mode = 0o644
     info.uid = info.gid = 0
     info.uname = info.gname = ""
-    return info.tobuf(format=tarfile.USTAR_FORMAT)
+    return info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
 
 
 def padding(size: int) -> bytes:
     return b"\0" * (-size % BLOCK)
-
-
-END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
 
 
 class TarWriter:
@@ -59,118 +73,289 @@ class TarWriter:
         self.bytes_written = 0
 
     def add(self, name: str, data: bytes | memoryview) -> None:
-        for chunk in (member_header(name, len(data)), data, padding(len(data))):
+        """Append one regular file member. Raises ``ValueError`` for a name ``member_header`` refuses."""
+        size = memoryview(data).nbytes
+        for chunk in (member_header(name, size), data, padding(size)):
             self._stream.write(chunk)
-            self.bytes_written += len(chunk)
+            self.bytes_written += memoryview(chunk).nbytes
 
     def close(self) -> None:
         self._stream.write(END_OF_ARCHIVE)
         self.bytes_written += len(END_OF_ARCHIVE)
 
 
+# --- reading ---------------------------------------------------------------------------------
+
 class Member(NamedTuple):
+    """One regular file of a shard: its name (PAX / long names applied), its bytes, and where it is."""
+
     name: str
     data: bytes
     offset: int  # byte offset of the member's header in the shard
 
 
-def _read_exactly(stream: BinaryIO, size: int, shard: str, what: str, offset: int) -> bytes:
-    data = stream.read(size)
-    if len(data) != size:
-        raise ShardError(f"truncated: {what} needs {size} bytes, only {len(data)} left",
-                         shard=shard, offset=offset)
-    return data
-
-
-def _check_name(name: str, shard: str, offset: int) -> None:
-    if not name or name.startswith("/") or "\\" in name or "\0" in name:
-        raise ShardError("unsafe member name (absolute or malformed)", shard=shard, member=name, offset=offset)
+def _name_problem(name: str) -> str | None:
+    if not name or "\0" in name:
+        return "empty or holds a NUL byte"
+    if name.startswith("/") or "\\" in name:
+        return "absolute or holds a backslash"
+    if name.endswith("/"):
+        return "a directory name on a file"
     if ".." in posixpath.normpath(name).split("/"):
-        raise ShardError("unsafe member name (escapes the archive with '..')",
-                         shard=shard, member=name, offset=offset)
+        return "escaping the archive with '..'"
+    return None
 
 
-def _parse_pax(data: bytes, shard: str, offset: int) -> dict[str, str]:
-    """PAX records: ``"%d %s=%s\\n"``, the length counting the whole record."""
+class _Source:
+    """The shard stream with the byte offset reached, reads in bounded chunks, and a pushback."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._pushed = b""
+        self.offset = 0
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes; fewer only at the end of the stream."""
+        parts, wanted = [], size
+        if self._pushed:
+            parts.append(self._pushed[:wanted])
+            self._pushed = self._pushed[wanted:]
+            wanted -= len(parts[0])
+        while wanted > 0:
+            chunk = self._stream.read(min(wanted, _CHUNK))
+            if not chunk:
+                break
+            parts.append(chunk)
+            wanted -= len(chunk)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.offset += len(data)
+        return bytes(data)
+
+    def skip(self, size: int) -> int:
+        """Pass over up to ``size`` bytes without keeping them; returns how many there were."""
+        done = 0
+        while done < size:
+            got = len(self.read(min(size - done, _CHUNK)))
+            if not got:
+                break
+            done += got
+        return done
+
+    def unread(self, data: bytes) -> None:
+        self._pushed = data + self._pushed
+        self.offset -= len(data)
+
+
+def _file_size(stream: BinaryIO) -> int | None:
+    """Bytes left in ``stream`` when it is a regular local file (cheap and exact); else None."""
+    try:
+        st = os.fstat(stream.fileno())
+        return st.st_size - stream.tell() if stat.S_ISREG(st.st_mode) else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _parse_header(block: bytes) -> tarfile.TarInfo:
+    """The header in ``block``; raises ``ValueError`` when it is not one (checksum, fields)."""
+    try:
+        return tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    except (tarfile.HeaderError, ValueError, UnicodeError, OverflowError) as err:
+        raise ValueError(str(err) or type(err).__name__) from None
+
+
+def _parse_pax(data: bytes) -> dict[str, str]:
+    """PAX records ``"%d %s=%s\\n"`` (the length counts the whole record); ``ValueError`` if malformed."""
     fields, pos = {}, 0
-    while pos < len(data) and data[pos:pos + 1] != b"\0":
-        space = data.find(b" ", pos)
-        try:
-            length = int(data[pos:space])
-            record = data[space + 1:pos + length - 1].decode("utf-8")
-            key, value = record.split("=", 1)
-        except (ValueError, UnicodeDecodeError):
-            raise ShardError("malformed PAX extended header", shard=shard, offset=offset) from None
-        if length <= 0:
-            raise ShardError("malformed PAX extended header", shard=shard, offset=offset)
-        fields[key] = value
-        pos += length
+    # tarfile stops at a NUL; here the records must fill the header exactly, so a header whose
+    # data was zeroed is an error rather than a member silently renamed to its truncated USTAR name
+    while pos < len(data):
+        space = data.find(b" ", pos, pos + 21)
+        digits = data[pos:space] if space > pos else b""
+        if not digits.isdigit():
+            raise ValueError(f"record at byte {pos} does not start with a length")
+        end = pos + int(digits)
+        if end > len(data) or end <= space + 1 or data[end - 1] != 0x0A or b"=" not in data[space + 1:end]:
+            raise ValueError(f"record at byte {pos} is malformed")
+        key, value = data[space + 1:end - 1].split(b"=", 1)
+        fields[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos = end
     return fields
 
 
+def _pax_size(text: str) -> int:
+    """A PAX ``size`` value, or -1 when it is not a plain decimal of at most 20 digits."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else -1
+
+
 def iter_members(stream: BinaryIO, shard: str, *, max_member_size: int = DEFAULT_MAX_MEMBER_SIZE,
-                 size: int | None = None) -> Iterator[Member]:
+                 size: int | None = None,
+                 on_damage: Callable[[ShardError], object] | None = None) -> Iterator[Member]:
     """Yield the regular-file members of a tar stream, in order, as ``Member(name, data, offset)``.
 
-    Directories and PAX global headers are passed over. ``size`` (the shard's length, when known)
-    lets a member that claims more bytes than remain be refused before anything is read.
+    Nothing is extracted and nothing is written anywhere. Directories and PAX global headers are
+    passed over. ``size`` (bytes from the stream's position to its end) lets a member that claims
+    more bytes than remain be refused before anything is read; it is found by itself for local
+    files. Whatever a header claims, no buffer larger than ``max_member_size`` (or than what is
+    really there, plus 4 MiB) is allocated.
+
+    ``on_damage``: by default the first problem raises. Given a callable, each problem is passed to
+    it as a ``ShardError`` and reading goes on: a refused member (link, device, unsafe name, over
+    the limit) is passed over by its size; after a corrupt header, or non-zero bytes after the
+    end-of-archive marker (a zeroed header), the reader resumes at the next 512-byte block that
+    holds a valid header; a truncation ends the shard. Members are yielded only when intact at the
+    tar level (their data bytes are not checksummed here: that is ``verify=True``'s sha256).
 
     Raises:
-        ShardError: truncated or corrupt headers, links, devices, FIFOs, names that are absolute or
-            contain ``..``, and members larger than ``max_member_size``; the message names
-            ``shard``, the member and its byte offset.
+        ShardError: truncated or corrupt headers, a missing end-of-archive marker, non-zero bytes
+            after it, links, devices, FIFOs, unknown member types, names that are absolute or
+            contain ``..``, malformed PAX headers, and members larger than ``max_member_size``;
+            the message names ``shard``, the member when known and its byte offset.
     """
-    offset = 0
-    pending: dict[str, str] = {}  # from a PAX or GNU long-name header, for the next member
-    while True:
-        header = stream.read(BLOCK)
-        if not header or header == b"\0" * BLOCK:
-            return  # end of archive (a missing second zero block is tolerated, as tar does)
-        if len(header) != BLOCK:
-            raise ShardError(f"truncated: partial header of {len(header)} bytes", shard=shard, offset=offset)
-        try:
-            info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
-        except tarfile.HeaderError as err:
-            raise ShardError(f"corrupt header ({err})", shard=shard, offset=offset) from None
-        is_meta = info.type in _META
-        name, member_size = info.name, info.size
-        if not is_meta:
-            name = pending.get("path", name)
-            try:
-                member_size = int(pending.get("size", member_size))
-            except ValueError:
-                raise ShardError("malformed size in PAX header", shard=shard, member=name, offset=offset) from None
-            pending = {}
-        if member_size < 0:
-            raise ShardError("negative member size", shard=shard, member=name, offset=offset)
-        limit = _MAX_META_SIZE if is_meta else max_member_size
-        if member_size > limit:
-            raise ShardError(f"member of {member_size} bytes exceeds the limit of {limit}",
-                             shard=shard, member=name, offset=offset)
-        if size is not None and offset + BLOCK + member_size > size:
-            raise ShardError(f"truncated: header claims {member_size} bytes but the shard ends at byte {size}",
-                             shard=shard, member=name, offset=offset)
+    if size is None:
+        size = _file_size(stream)
+    return _Reader(_Source(stream), shard, max_member_size, size, on_damage).members()
+
+
+class _Reader:
+    """One pass over a shard; ``pending`` holds what PAX or GNU long-name headers say of the next member."""
+
+    def __init__(self, source: _Source, shard: str, max_member_size: int, size: int | None,
+                 on_damage: Callable[[ShardError], object] | None) -> None:
+        self.source, self.shard, self.max_member_size, self.size = source, shard, max_member_size, size
+        self.on_damage = on_damage
+        self.pending: dict[str, str] = {}
+        self.meta_bytes = 0  # PAX / long-name bytes since the last member
+        self.ended = False
+
+    def damage(self, message: str, member: str | None, offset: int) -> None:
+        err = ShardError(message, shard=self.shard, member=member, offset=offset)
+        if self.on_damage is None:
+            raise err
+        self.on_damage(err)
+
+    def members(self) -> Iterator[Member]:
+        while (found := self.next_header()) is not None:
+            here, info = found
+            name, size, silent, limit = self.apply_pending(info)
+            if size < 0:  # where the next header starts is unknown
+                self.damage(f"invalid member size {size}: the size field is corrupt", name, here)
+                self.resync()
+                continue
+            if self.size is not None and here + BLOCK + size > self.size:
+                return self.damage(f"truncated: header claims {size} bytes but the shard ends at byte {self.size}",
+                                   name, here)
+            problem = None if silent else self.problem(info, name, size, limit)
+            padded = size + (-size % BLOCK)
+            if problem or silent or info.type == tarfile.DIRTYPE:
+                if problem:
+                    self.damage(problem, name, here)
+                    if info.type in _META:
+                        self.pending = {"damaged": "1"}  # so the member it belongs to goes too
+                if self.source.skip(padded) < padded:
+                    return self.damage("truncated inside a member that was passed over", name, here)
+                continue
+            data = self.source.read(size)
+            if len(data) < size:
+                return self.damage(f"truncated: member data needs {size} bytes, only {len(data)} left", name, here)
+            if len(self.source.read(padded - size)) < padded - size:
+                return self.damage("truncated inside the padding after the member's data", name, here)
+            if info.type == tarfile.XHDTYPE:
+                try:
+                    fields = _parse_pax(data)
+                except ValueError as err:
+                    self.damage(f"malformed PAX extended header ({err})", name, here)
+                    self.pending = {"damaged": "1"}
+                    continue
+                self.pending.update({k: v for k, v in fields.items() if k in ("path", "size")})
+            elif info.type == tarfile.GNUTYPE_LONGNAME:
+                self.pending["path"] = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            elif info.type in _REGULAR:
+                yield Member(name, data, here)
+
+    def next_header(self) -> tuple[int, tarfile.TarInfo] | None:
+        """``(offset, header)`` of the next header, or None at the end (reported if premature)."""
+        while not self.ended:
+            here = self.source.offset
+            block = self.source.read(BLOCK)
+            if block == ZERO_BLOCK:
+                if self.trailing_data_is_zero(here):
+                    return None
+            elif len(block) < BLOCK:
+                what = f"a partial header of {len(block)} bytes" if block else "no end-of-archive marker after the last member"
+                return self.damage(f"truncated: {what}", None, here)
+            else:
+                try:
+                    return here, _parse_header(block)
+                except ValueError as err:
+                    self.damage(f"corrupt header ({err})", None, here)
+            self.resync()
+        return None
+
+    def apply_pending(self, info: tarfile.TarInfo) -> tuple[str, int, bool, int]:
+        """``(name, size, silent, size limit)`` of the member ``info`` heads, after its PAX or long-name headers.
+
+        ``silent``: pass the member over without a report (its damage was reported already)."""
+        if info.type in _META:
+            self.meta_bytes += BLOCK + info.size + (-info.size % BLOCK)
+            # one report for a run of headers over the bound, at the first one over it
+            return info.name, info.size, self.meta_bytes > MAX_META_SIZE and "damaged" in self.pending, MAX_META_SIZE
+        pending, self.pending, self.meta_bytes = self.pending, {}, 0
+        size = _pax_size(pending["size"]) if "size" in pending else info.size
+        return pending.get("path", info.name), size, "damaged" in pending, self.max_member_size
+
+    def problem(self, info: tarfile.TarInfo, name: str, size: int, limit: int) -> str | None:
+        """Why the member must be refused, or None."""
+        if info.type in _META and self.meta_bytes > MAX_META_SIZE:
+            return f"PAX/long-name headers of {self.meta_bytes} bytes in a row exceed {MAX_META_SIZE}"
+        if size > limit:
+            return f"member of {size} bytes exceeds the limit of {limit}"
         if info.type in _LINKS_AND_SPECIALS:
-            raise ShardError(f"{_LINKS_AND_SPECIALS[info.type]} members are refused", shard=shard,
-                             member=name, offset=offset)
-        data = _read_exactly(stream, member_size, shard, f"member {name!r}", offset)
-        pad = -member_size % BLOCK
-        if pad:
-            _read_exactly(stream, pad, shard, "padding", offset)
-        here, offset = offset, offset + BLOCK + member_size + pad
-        if info.type == tarfile.XHDTYPE:
-            pending.update({k: v for k, v in _parse_pax(data, shard, here).items() if k in ("path", "size")})
-        elif info.type == tarfile.GNUTYPE_LONGNAME:
-            pending["path"] = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
-        elif info.type in _REGULAR:
-            _check_name(name, shard, here)
-            yield Member(name, data, here)
-        elif info.type in (tarfile.DIRTYPE, tarfile.XGLTYPE):
-            continue
-        else:
-            raise ShardError(f"unsupported member type {info.type!r}", shard=shard, member=name, offset=here)
+            return f"{_LINKS_AND_SPECIALS[info.type]} members are refused"
+        if info.type not in _REGULAR + _META + (tarfile.DIRTYPE,):
+            return f"unsupported member type {info.type!r}"
+        if info.type in _REGULAR and _name_problem(name):
+            return f"unsafe member name: {_name_problem(name)}"
+        return None
+
+    def trailing_data_is_zero(self, end: int) -> bool:
+        """After a zero block: True when only zeros follow. Else reports the damage (a zeroed header
+        or bytes appended), puts the first non-zero block back for :meth:`resync`, and returns False."""
+        source = self.source
+        while True:
+            start = source.offset
+            chunk = source.read(64 * BLOCK)
+            if not chunk:
+                return True
+            stripped = chunk.lstrip(b"\0")
+            if stripped:
+                first = start + len(chunk) - len(stripped)
+                aligned = first - (first - end) % BLOCK
+                source.unread(chunk[aligned - start:])
+                self.damage(f"non-zero bytes at byte {first} after the end-of-archive marker "
+                            f"(a zeroed header, or data appended to the shard)", None, end)
+                return False
+
+    def resync(self) -> None:
+        """Move to the next 512-byte block that holds a valid, non-empty header, or to the end.
+
+        Used only under ``on_damage``: a member's data could hold a tar header of its own (a tar
+        inside a tar); shardkit's members (images, .npy blocks, JSON) do not.
+        """
+        self.pending, self.meta_bytes = {}, 0
+        while True:
+            block = self.source.read(BLOCK)
+            if len(block) < BLOCK:
+                self.ended = True
+                return
+            if block != ZERO_BLOCK:
+                try:
+                    _parse_header(block)
+                except ValueError:
+                    continue
+                self.source.unread(block)
+                return
 
 
 def read_members(data: bytes, shard: str = "<bytes>", **kwargs) -> list[Member]:
-    """All members of an in-memory tar (tests, small shards)."""
+    """All members of an in-memory tar (tests, small shards); same errors as :func:`iter_members`."""
     return list(iter_members(io.BytesIO(data), shard, size=len(data), **kwargs))

@@ -1,0 +1,126 @@
+"""The ``shardkit`` command: a thin click layer over :mod:`shardkit.convert` and :mod:`shardkit.inspect`.
+
+Heavy modules are imported inside the commands, so ``shardkit --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import click
+
+from .errors import ShardkitError
+
+
+class SizeParam(click.ParamType):
+    """A byte size: ``256MB``, ``1.5GiB``, ``1000``."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int):
+            return value
+        from .convert.options import parse_size
+
+        try:
+            return parse_size(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+
+
+SIZE = SizeParam()
+
+
+def _run(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except ShardkitError as err:
+        raise click.ClickException(str(err)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="shardkit")
+@click.option("-v", "--verbose", is_flag=True, help="Log what shardkit does.")
+def cli(verbose: bool) -> None:
+    """Convert datasets into WebDataset-compatible tar shards, inspect and verify them."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+
+
+@cli.command()
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path(file_okay=False))
+@click.option("--kind", type=click.Choice(["images", "sequences"]), help="Input kind (detected by default).")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="Shuffle seed.")
+@click.option("--no-shuffle", is_flag=True, help="Keep the source order (ImageFolder order is class by class).")
+@click.option("--max-shard-size", type=SIZE, default="256MB", show_default=True,
+              help="Largest shard, e.g. 64MB, 1.5GiB, 1000000.")
+@click.option("--max-shard-samples", type=click.IntRange(1), help="Most samples per shard.")
+@click.option("--workers", type=click.IntRange(1), help="Worker processes [default: the CPU count].")
+@click.option("--strict", is_flag=True, help="Fail (and write no manifest) if any input must be skipped.")
+@click.option("--overwrite", is_flag=True, help="Replace the shards and manifest of another dataset in DST.")
+@click.option("--resize", type=click.IntRange(1), metavar="S",
+              help="Cap the longer image side at S pixels (re-encoded as JPEG).")
+@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
+              help="JPEG quality for --resize.")
+@click.option("--validate", type=click.Choice(["full", "header"]), default="full", show_default=True,
+              help="full: decode every image once; header: only open it.")
+@click.option("--no-validate", is_flag=True, help="Same as --validate header.")
+@click.option("--tokens-field", default="tokens", show_default=True, help="JSONL field holding the tokens.")
+@click.option("--label-field", default="label", show_default=True, help="JSONL field holding the label.")
+@click.option("--scheduler", metavar="ADDRESS", help="Write shards on a Dask cluster: tcp://host:8786, or 'local'.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
+def convert(src, dst, kind, seed, no_shuffle, max_shard_size, max_shard_samples, workers, strict, overwrite,
+            resize, quality, validate, no_validate, tokens_field, label_field, scheduler, progress) -> None:
+    """Convert an ImageFolder tree or .jsonl/.txt sequence files at SRC into shards in DST.
+
+    SRC (images) and DST may be URLs such as s3://bucket/prefix (credentials come from the usual
+    environment and config files). Re-running the same command resumes an interrupted conversion.
+    """
+    from .convert import convert as run_convert
+
+    if no_validate:
+        if click.get_current_context().get_parameter_source("validate").name == "COMMANDLINE" and validate == "full":
+            raise click.UsageError("--no-validate contradicts --validate full")
+        validate = "header"
+    started = time.monotonic()
+    manifest = _run(run_convert, src, dst, kind=kind, workers=workers, overwrite=overwrite, progress=progress,
+                    scheduler=scheduler,
+                    seed=seed, shuffle=not no_shuffle, max_shard_size=max_shard_size,
+                    max_shard_samples=max_shard_samples, resize=resize, quality=quality, validate=validate,
+                    strict=strict, tokens_field=tokens_field, label_field=label_field)
+    seconds = time.monotonic() - started
+    rate = manifest.samples / seconds if seconds > 0 else 0.0
+    click.echo(f"{manifest.samples} samples, {len(manifest.shards)} shards, {manifest.bytes} bytes, "
+               f"{len(manifest.skipped)} skipped, {seconds:.1f} s, {rate:.0f} samples/s, "
+               f"{manifest.bytes / max(seconds, 1e-9) / 1e6:.1f} MB/s")
+    if manifest.skipped:
+        click.echo(f"skipped inputs are listed in {dst}/manifest.json (shardkit info {dst})", err=True)
+
+
+@cli.command()
+@click.argument("dst")
+def info(dst) -> None:
+    """Print the summary of the dataset in DST."""
+    from .inspect import load_manifest, summary
+
+    click.echo(summary(_run(load_manifest, dst)))
+
+
+@cli.command()
+@click.argument("dst")
+def verify(dst) -> None:
+    """Check every shard in DST (size, sha256, every sample decodes); exit 1 naming the bad ones."""
+    from .inspect import verify as run_verify
+
+    report = _run(run_verify, dst)
+    if not report.ok:
+        click.echo(str(report), err=True)
+        sys.exit(1)
+    click.echo(str(report))
+
+
+def main() -> None:
+    """Console entry point (``shardkit``, ``python -m shardkit``)."""
+    cli(prog_name="shardkit")

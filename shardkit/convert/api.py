@@ -1,0 +1,236 @@
+"""``convert(src, dst, ...)``: list → plan → write shards → manifest, resumable and locked."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from ..errors import DestinationError, ManifestError, SourceError
+from ..format.manifest import KINDS, MANIFEST_NAME, Manifest, ShardInfo
+from ..storage import is_url, join
+from . import execute
+from .options import ConvertOptions
+from .output import ChunkResult, Destination, ShardRecord
+from .plan import Plan, digest, plan_images, plan_sequences
+from .pool import WorkerPool
+from .sequences import merge_scans, scan_ranges
+from .sources import detect_kind, list_images, list_sequences, skip_sort_key
+
+log = logging.getLogger(__name__)
+#: How many skipped entries a strict failure lists.
+STRICT_SHOWN = 5
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str | None = None,
+            workers: int | None = None, overwrite: bool = False, progress: bool | None = None,
+            storage_options: dict[str, Any] | None = None, scheduler: str | None = None, client: Any = None,
+            **options: Any) -> Manifest:
+    """Convert an ImageFolder tree or sequence files at ``src`` into tar shards and a manifest in ``dst``.
+
+    ``options`` are the fields of :class:`ConvertOptions` (seed, shuffle, max_shard_size,
+    max_shard_samples, resize, quality, validate, strict, tokens_field, label_field). The output is
+    byte-identical for any ``workers`` (default: the CPU count; 1 runs in this process). Re-running
+    after an interruption resumes; re-running a finished conversion returns its manifest.
+    ``progress`` shows a tqdm bar (default: when stderr is a terminal). ``scheduler`` (a Dask
+    scheduler address, or ``"local"`` for a ``LocalCluster`` of ``workers`` processes) or ``client``
+    (a ``distributed.Client``) writes the shards on a Dask cluster, with the same bytes.
+
+    ``src`` and ``dst`` may be fsspec URLs (``s3://...``; a remote ``src`` holds images), opened
+    with ``storage_options``; shards are uploaded as they are finished, the manifest last.
+
+    Returns:
+        The manifest written to ``dst/manifest.json``; its ``skipped`` lists every input not converted.
+    Raises:
+        TypeError: an unknown option (named) or one of the wrong type; ValueError: a bad option value.
+        SourceError: ``src`` is missing, holds no data, or (``strict=True``) had input to skip.
+        DestinationError: ``dst`` is not writable, holds another dataset (unless ``overwrite``),
+            is being written by another conversion, or ran out of space.
+    """
+    opts = ConvertOptions.from_kwargs(options)
+    src, dst = (_local_if_file_url(os.fspath(p)) for p in (src, dst))
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
+    show = sys.stderr.isatty() if progress is None else progress
+    started = time.monotonic()
+
+    kind = kind or detect_kind(src, storage_options)
+    if kind == "sequences" and is_url(src):
+        raise SourceError(f"{src}: sequence files are read at random offsets, which remote storage does "
+                          f"not serve well; copy them to a local disk first")
+    _refuse_dst_inside_src(src, dst, kind)
+    with Destination(dst, storage_options) as out:
+        source = list_images(src, storage_options) if kind == "images" else list_sequences(src)
+        plan_digest = digest(kind, opts, source.listing())
+        done = _check_destination(out, plan_digest, overwrite)
+        if done is not None:
+            log.info("%s already holds this conversion; nothing to do", dst)
+            return done
+        out.start(plan_digest, kind, opts.as_params())
+        with WorkerPool(workers) as pool:
+            plan = _make_plan(kind, source, opts, plan_digest, pool, show)
+            if opts.strict and plan.skipped:
+                _fail_strict(out, plan.skipped)
+            if scheduler is not None or client is not None:
+                records = _write_on_dask(plan, out, show, scheduler=scheduler, client=client, workers=workers)
+            else:
+                records = _write(plan, out, pool, show)
+        manifest = _manifest(plan, records)
+        # The digest lets a re-run recognise this conversion (and refuse any other) from the
+        # manifest alone; file count and bytes tell a reader what was converted.
+        listing = source.listing()
+        manifest.source = {"files": len(listing), "bytes": sum(max(size, 0) for _, size in listing),
+                           "digest": plan_digest}
+        out.write_manifest(manifest.to_json())
+    log.info("converted %d samples into %d shards (%d bytes, %d skipped) in %.1f s", manifest.samples,
+             len(manifest.shards), manifest.bytes, len(manifest.skipped), time.monotonic() - started)
+    return manifest
+
+
+def _local_if_file_url(path: str) -> str:
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
+def _refuse_dst_inside_src(src: str, dst: str, kind: str) -> None:
+    if kind == "images" and not is_url(src) and not is_url(dst):
+        s, d = os.path.realpath(src), os.path.realpath(dst)
+        if d == s or d.startswith(s.rstrip(os.sep) + os.sep):
+            raise DestinationError(f"the destination {dst} is inside the ImageFolder tree {src}: it would "
+                                   f"become a class of the next conversion; choose a directory outside it")
+
+
+def manifest_digest(text: str) -> str | None:
+    """The source digest a manifest written by :func:`convert` records, or None."""
+    try:
+        source = json.loads(text).get("source")
+        return source.get("digest") if isinstance(source, dict) else None
+    except (ValueError, AttributeError):
+        return None
+
+
+def _check_destination(out: Destination, plan_digest: str, overwrite: bool) -> Manifest | None:
+    """The finished manifest if ``out`` already holds this very conversion; otherwise make sure
+    ``out`` holds nothing but a resumable run of it (clearing shardkit's files if ``overwrite``)."""
+    text, partial = out.manifest_text(), out.partial_digest()
+    if overwrite:
+        out.clear()
+        return None
+    if text is not None and manifest_digest(text) == plan_digest:
+        try:
+            manifest = Manifest.from_json(text, join(out.path, MANIFEST_NAME))
+        except ManifestError:
+            manifest = None
+        if manifest is not None and all(out.shard_size(i.name) == i.bytes for i in manifest.shards):
+            out.clear_partial()
+            return manifest
+        log.warning("%s holds this conversion with missing or damaged shards; converting it again", out.path)
+        out.clear()
+        return None
+    if text is not None:
+        raise DestinationError(f"{out.path} holds another dataset (its manifest.json records other sources "
+                               f"or parameters); pass --overwrite (overwrite=True) to replace it")
+    if partial is not None and partial != plan_digest:
+        raise DestinationError(f"{out.path} holds an unfinished conversion of other sources or parameters; "
+                               f"run that command again to finish it, or pass --overwrite (overwrite=True)")
+    if partial is None:
+        shards, foreign = out.shard_files(), out.foreign_entries()
+        if shards or foreign:
+            shown = ", ".join((shards + foreign)[:5])
+            raise DestinationError(f"{out.path} is not empty ({shown}{', ...' if len(shards + foreign) > 5 else ''}); "
+                                   f"choose an empty destination or pass --overwrite (overwrite=True), "
+                                   f"which removes shard-*.tar and manifest.json only")
+    return None
+
+
+def _fail_strict(out: Destination, skipped: list[dict[str, Any]]) -> None:
+    out.clear()
+    entries = sorted(skipped, key=skip_sort_key)
+    shown = "; ".join(f"{e['path']}{':' + str(e['line']) if e.get('line') else ''}: {e['reason']}"
+                      for e in entries[:STRICT_SHOWN])
+    more = f" (and {len(entries) - STRICT_SHOWN} more)" if len(entries) > STRICT_SHOWN else ""
+    raise SourceError(f"strict: {len(entries)} input(s) cannot be converted: {shown}{more}")
+
+
+def _bar(show: bool, total: int, unit: str, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, unit_scale=True, desc=desc, disable=not show, dynamic_ncols=True,
+                leave=False)
+
+
+def _make_plan(kind: str, source, opts: ConvertOptions, plan_digest: str, pool: WorkerPool, show: bool) -> Plan:
+    if kind == "images":
+        return plan_images(source, opts, plan_digest)
+    tasks = scan_ranges(source, opts.tokens_field, opts.label_field, pool.workers)
+    results = []
+    with _bar(show, sum(f.size for f in source.files), "B", "scanning") as bar:
+        for result in pool.map(tasks):
+            results.append(result)
+            bar.update(tasks[len(results) - 1].end - tasks[len(results) - 1].start)
+    table, skipped = merge_scans(source, results)
+    return plan_sequences(table, opts, plan_digest, skipped)
+
+
+def _finished(plan: Plan, out: Destination) -> tuple[list[ShardRecord | None], list[int]]:
+    """The records of the shards an earlier run of this plan finished, and the shards left to do."""
+    records = [out.finished(i) for i in range(plan.num_shards)]
+    out.remove_extra_shards(plan.num_shards)
+    return records, [i for i, r in enumerate(records) if r is None]
+
+
+def _write(plan: Plan, out: Destination, pool: WorkerPool, show: bool) -> list[ShardRecord]:
+    records, todo = _finished(plan, out)
+    total = int(sum(len(plan.shard_positions(i)) for i in todo))
+    with _bar(show, total, "sample", "converting") as bar:
+        state = {"bytes": 0, "t0": time.monotonic()}
+
+        def on_chunk(chunk: ChunkResult) -> None:
+            if plan.options.strict and chunk.skipped:
+                _fail_strict(out, chunk.skipped)
+            state["bytes"] += chunk.source_bytes
+            bar.update(chunk.samples + len(chunk.skipped))
+            rate = state["bytes"] / max(time.monotonic() - state["t0"], 1e-6) / 1e6
+            bar.set_postfix_str(f"{rate:.1f} MB/s", refresh=False)
+
+        for index, record in execute.run_shards(plan, out, todo, pool, on_chunk):
+            records[index] = record
+    return records
+
+
+def _write_on_dask(plan: Plan, out: Destination, show: bool, **cluster: Any) -> list[ShardRecord]:
+    from . import dask
+
+    records, todo = _finished(plan, out)
+    for index, record in dask.run_shards(plan, out, todo, show=show, **cluster):
+        if plan.options.strict and record.skipped:
+            _fail_strict(out, record.skipped)
+        records[index] = record
+    return records
+
+
+def _manifest(plan: Plan, records: list[ShardRecord]) -> Manifest:
+    skipped = list(plan.skipped) + [e for r in records for e in r.skipped]
+    manifest = Manifest(kind=plan.kind, shards=[ShardInfo(r.name, r.samples, r.bytes, r.sha256) for r in records],
+                        params=plan.options.as_params(), skipped=sorted(skipped, key=skip_sort_key))
+    if plan.kind == "images":
+        manifest.classes = list(plan.images.classes)
+    else:
+        table = plan.sequences
+        lengths = table.ntokens
+        stats = {"min": 0, "max": 0, "mean": 0.0, "median": 0.0, "p99": 0.0}
+        if len(lengths):
+            stats = {"min": int(lengths.min()), "max": int(lengths.max()), "mean": round(float(lengths.mean()), 3),
+                     "median": round(float(np.median(lengths)), 3),
+                     "p99": round(float(np.percentile(lengths, 99)), 3)}
+        manifest.sequences = {"dtype": table.dtype.name, "tokens": int(lengths.sum()), "has_labels": table.has_labels,
+                              "tokens_field": plan.options.tokens_field, "label_field": plan.options.label_field,
+                              "length": stats}
+    return manifest

@@ -1,0 +1,107 @@
+"""Executing a plan: shards split into chunk tasks, run by a process pool, written in plan order.
+
+A task is a picklable callable (:class:`~.images.ImageChunk`, :class:`~.sequences.BlockChunk`)
+that returns the tar members of some consecutive positions of one shard. Results are consumed
+in submission order (:meth:`~.pool.WorkerPool.map`), so the bytes written never depend on how
+many workers there are. :func:`write_shard` is the unit a distributed scheduler
+runs: shard ``i`` of a plan, in whatever process it lands.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import deque
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from .images import ImageChunk
+from .output import ChunkResult, Destination, ShardRecord, ShardWriter
+from .plan import Plan
+from .pool import WorkerPool
+from .sequences import BlockChunk
+
+#: A chunk holds at most this many images, or this many source bytes (a shard of one chunk would
+#: leave the other cores idle; a larger chunk holds more memory per task in flight).
+CHUNK_IMAGES = 32
+CHUNK_BYTES = 16 << 20
+
+
+def shard_tasks(plan: Plan, index: int) -> list[Callable[[], ChunkResult]]:
+    """The chunk tasks of shard ``index``, in order; their members concatenated are the shard."""
+    if plan.kind == "images":
+        src, opts = plan.images, plan.options
+        chunk = functools.partial(ImageChunk, src.root, validate=opts.validate, resize=opts.resize,
+                                  quality=opts.quality, storage_options=src.storage_options)
+        tasks, items, size = [], [], 0
+        for position in plan.shard_positions(index):
+            item = src.items[plan.order[position]]
+            if items and (len(items) == CHUNK_IMAGES or size + item.size > CHUNK_BYTES):
+                tasks.append(chunk(items=tuple(items)))
+                items, size = [], 0
+            items.append((position, item.path, item.label, src.classes[item.label]))
+            size += item.size
+        tasks.append(chunk(items=tuple(items)))
+        return tasks
+    table, opts = plan.sequences, plan.options
+    tasks = []
+    for start, end in plan.shard_blocks(index):
+        rows = plan.order[start:end]
+        used, local = np.unique(table.file[rows], return_inverse=True)  # send only the files it reads
+        files = tuple((table.source.files[i].path, table.source.files[i].fmt) for i in used)
+        block = (start, local.astype(np.int32), table.offset[rows], table.nbytes[rows], table.ntokens[rows],
+                 table.labels[rows] if table.has_labels else None)
+        tasks.append(BlockChunk(table.source.root, files, (block,), table.dtype.name, opts.tokens_field,
+                                opts.label_field))
+    return tasks
+
+
+def write_shard(plan: Plan, index: int, dst: Destination) -> ShardRecord:
+    """Write shard ``index`` of ``plan`` into ``dst``, in this process; returns its record.
+
+    Raises:
+        DestinationError: the shard cannot be written (disk full, ...); no file is left under its name.
+        SourceError: a source record changed since it was planned.
+    """
+    with ShardWriter(dst, index) as writer:
+        for task in shard_tasks(plan, index):
+            writer.add(task())
+        return writer.finish()
+
+
+def run_shards(plan: Plan, dst: Destination, todo: list[int], pool: WorkerPool,
+               on_chunk: Callable[[ChunkResult], None]) -> Iterator[tuple[int, ShardRecord]]:
+    """Write the shards ``todo`` (ascending), their chunks spread over ``pool``; yields
+    ``(index, record)`` as each shard is published.
+
+    ``on_chunk`` sees every chunk result (progress, strict checks) before it is written.
+    """
+    def tasks():
+        for index in todo:
+            chunks = shard_tasks(plan, index)
+            for n, task in enumerate(chunks):
+                yield index, n == len(chunks) - 1, task
+
+    plan_of = deque()  # (shard, last chunk?) of each task, in the order results come back
+
+    def submitted():
+        for index, last, task in tasks():
+            plan_of.append((index, last))
+            yield task
+
+    writer = None
+    try:
+        for result in pool.map(submitted()):
+            index, last = plan_of.popleft()
+            on_chunk(result)
+            if writer is None:
+                writer = ShardWriter(dst, index)
+            writer.add(result)
+            if last:
+                record = writer.finish()
+                writer.__exit__(None, None, None)
+                writer = None
+                yield index, record
+    finally:
+        if writer is not None:
+            writer.__exit__(None, None, None)

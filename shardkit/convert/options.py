@@ -1,0 +1,100 @@
+"""The conversion's options: the knobs that decide the output bytes, recorded in the manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
+          "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*$")
+
+
+def parse_size(text: str | int) -> int:
+    """``"256MB"`` → 256_000_000, ``"1.5GiB"`` → 1_610_612_736, ``"1000"`` → 1000 (bytes).
+
+    Raises:
+        ValueError: not a number with one of the units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB, or not positive.
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        match = _SIZE.match(str(text))
+        unit = match.group(2).upper() if match else None
+        if unit not in _UNITS:
+            raise ValueError(f"{text!r} is not a size: use a number of bytes with an optional unit "
+                             f"(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 256MB or 1.5GiB")
+        value = int(float(match.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise ValueError(f"{text!r} is not a positive size")
+    return value
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Everything that decides the bytes of a conversion (and nothing that does not: no paths,
+    no worker count). The manifest's ``params`` is this, as a dict.
+
+    seed, shuffle: the global shuffle of the sample order (``numpy.random.default_rng(seed)``).
+    max_shard_size (bytes, or a string such as ``"256MB"``), max_shard_samples: where shards are cut.
+        Sequence shards are cut on their exact size; image shards on the source files' sizes, which
+        is exact for JPEG/PNG/WebP (stored as they are) and an estimate for converted or resized ones.
+    resize, quality: cap the longer side of images at ``resize`` pixels, re-encoding them as JPEG.
+    validate: ``"full"`` decodes every image once (catches truncated files); ``"header"`` only
+        opens it, for data already known good.
+    strict: any skipped input is an error instead of an entry in the manifest's ``skipped``.
+    tokens_field, label_field: JSONL field names.
+    """
+
+    seed: int = 0
+    shuffle: bool = True
+    max_shard_size: int = 256 * 10**6
+    max_shard_samples: int | None = None
+    resize: int | None = None
+    quality: int = 90
+    validate: Literal["full", "header"] = "full"
+    strict: bool = False
+    tokens_field: str = "tokens"
+    label_field: str = "label"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "max_shard_size", parse_size(self.max_shard_size))
+        for name in ("seed", "max_shard_samples", "resize", "quality"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), not {self.seed}")
+        if self.max_shard_samples is not None and self.max_shard_samples < 1:
+            raise ValueError(f"max_shard_samples must be at least 1, not {self.max_shard_samples}")
+        if self.resize is not None and self.resize < 1:
+            raise ValueError(f"resize must be at least 1 pixel, not {self.resize}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"quality must be in 1..100, not {self.quality}")
+        if self.validate not in ("full", "header"):
+            raise ValueError(f"validate must be 'full' or 'header', not {self.validate!r}")
+        for name in ("shuffle", "strict"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool")
+        for name in ("tokens_field", "label_field"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise TypeError(f"{name} must be a non-empty string")
+
+    @classmethod
+    def from_kwargs(cls, options: dict[str, Any]) -> "ConvertOptions":
+        """Build from ``convert(**options)``.
+
+        Raises:
+            TypeError: an option that does not exist (named), or of the wrong type.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"convert() got unknown option(s) {', '.join(unknown)}; "
+                            f"the options are: {', '.join(sorted(known))}")
+        return cls(**options)
+
+    def as_params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

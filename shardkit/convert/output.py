@@ -1,0 +1,363 @@
+"""The destination: shards written under temporary names and published whole, the manifest last,
+a record per finished shard so an interrupted run resumes, and a lock against a second writer.
+
+Layout while a conversion runs::
+
+    DST/.shardkit-partial/lock                flock'ed by the running conversion
+    DST/.shardkit-partial/plan.json           the plan's digest: a re-run resumes only the same plan
+    DST/.shardkit-partial/shard-000003.json   samples, bytes, sha256, skipped of a finished shard
+    DST/.shardkit-partial/.shard-000004.tar.tmp-PID-RANDOM   a shard being written
+    DST/shard-000000.tar ...                  published shards
+
+Every publication goes through :meth:`Destination.publish`, the one place that moves bytes to their
+final name: a rename on a local disk, an upload (``shardkit.storage.publish``) to an fsspec URL,
+where the partial directory is a prefix and shards are staged in a local temporary directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .. import storage
+from ..errors import DestinationError
+from ..format.manifest import MANIFEST_NAME, shard_name
+from ..format.tar import TarWriter
+
+PARTIAL = ".shardkit-partial"
+PLAN_NAME = "plan.json"
+LOCK_NAME = "lock"
+_SHARD_PREFIX, _SHARD_SUFFIX = "shard-", ".tar"
+
+
+@dataclass
+class ChunkResult:
+    """What a worker returns for a slice of a shard: its tar members in order, how many samples
+    they hold, what it skipped, and how many source bytes it read (for progress)."""
+
+    members: list[tuple[str, bytes]]
+    samples: int
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    source_bytes: int = 0
+
+    @classmethod
+    def join(cls, parts: list["ChunkResult"]) -> "ChunkResult":
+        return cls([m for p in parts for m in p.members], sum(p.samples for p in parts),
+                   [e for p in parts for e in p.skipped], sum(p.source_bytes for p in parts))
+
+
+@dataclass
+class ShardRecord:
+    """A finished shard, as kept in ``.shardkit-partial/`` until the manifest is written."""
+
+    name: str
+    samples: int
+    bytes: int
+    sha256: str
+    skipped: list[dict[str, Any]]
+
+
+class _Hashing:
+    """A write-only stream that hashes what goes through it."""
+
+    def __init__(self, f) -> None:
+        self.f, self.sha = f, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _space_error(err: OSError, what: str, dst: str) -> DestinationError:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DestinationError(f"no space left on the device of {dst} while writing {what}; free some "
+                                f"space and run the same command again: finished shards are kept")
+    return DestinationError(f"cannot write {what} in {dst}: {err.strerror or err}")
+
+
+class ShardWriter:
+    """Writes one shard to a local temporary file (:attr:`Destination.staging`); :meth:`finish` fsyncs it,
+    publishes it under its final name and records it. Used as a context manager, the temporary
+    file is removed if the shard is not finished."""
+
+    def __init__(self, dst: "Destination", index: int) -> None:
+        self.dst, self.name = dst, shard_name(index)
+        # Unique per writer: a scheduler may run the same shard twice at once (both give the same bytes).
+        self.tmp = os.path.join(dst.staging, f".{self.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self.samples, self.skipped = 0, []
+        try:
+            self._file = open(self.tmp, "wb")
+        except OSError as err:
+            raise _space_error(err, self.name, dst.path) from None
+        self._hash = _Hashing(self._file)
+        self._tar = TarWriter(self._hash)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self._file.closed:
+            self._file.close()
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+    def add(self, chunk: ChunkResult) -> None:
+        try:
+            for name, data in chunk.members:
+                self._tar.add(name, data)
+        except OSError as err:
+            raise _space_error(err, self.name, self.dst.path) from None
+        self.samples += chunk.samples
+        self.skipped.extend(chunk.skipped)
+
+    def finish(self) -> ShardRecord:
+        try:
+            self._tar.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self.dst.publish(self.tmp, self.name)
+        except OSError as err:
+            raise _space_error(err, self.name, self.dst.path) from None
+        record = ShardRecord(self.name, self.samples, self._tar.bytes_written, self._hash.sha.hexdigest(),
+                             self.skipped)
+        self.dst.save_record(record)
+        return record
+
+
+def _is_shardkit_file(name: str) -> bool:
+    return name in (MANIFEST_NAME, PARTIAL) or (name.startswith(_SHARD_PREFIX) and name.endswith(_SHARD_SUFFIX)
+                                                 and name[len(_SHARD_PREFIX):-len(_SHARD_SUFFIX)].isdigit())
+
+
+class Destination:
+    """DST, a local directory or an fsspec URL, held for the lifetime of the object (use it as a
+    context manager). A local DST is locked against a second conversion; an object store offers
+    no lock, so two conversions into one URL at once are not detected.
+
+    Objects created without entering (a distributed worker writing one shard) publish and
+    record shards but take no lock.
+
+    Raises (on entry):
+        DestinationError: DST cannot be created or written, or another conversion holds its lock.
+    """
+
+    def __init__(self, path: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.path, self.storage_options = path, storage_options
+        self.remote = storage.is_url(path)
+        self.partial = storage.join(path, PARTIAL)
+        self._lock_fd: int | None = None
+        self._created = self._created_lock = False
+        self._staging: str | None = None
+
+    @property
+    def staging(self) -> str:
+        """A local directory for files being written: the partial directory itself when DST is
+        local (so publishing is a rename), a private temporary directory when it is remote."""
+        if not self.remote:
+            return self.partial
+        if self._staging is None:
+            self._staging = tempfile.mkdtemp(prefix="shardkit-staging-")
+        return self._staging
+
+    def __enter__(self) -> "Destination":
+        if self.remote:
+            return self
+        self._created = not os.path.lexists(self.path)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as err:
+            raise DestinationError(f"cannot create the destination {self.path}: {err.strerror or err}") from None
+        if not os.path.isdir(self.path):
+            raise DestinationError(f"the destination {self.path} exists and is not a directory")
+        if not os.access(self.path, os.W_OK | os.X_OK) or _read_only_fs(self.path):
+            raise DestinationError(f"the destination {self.path} is not writable")
+        lock = os.path.join(self.partial, LOCK_NAME)
+        self._created_lock = not os.path.lexists(lock)
+        try:
+            os.makedirs(self.partial, exist_ok=True)
+            self._lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise DestinationError(f"the destination {self.path} is not writable: {err.strerror or err}") from None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise DestinationError(f"another conversion is writing into {self.path} (it holds "
+                                   f"{os.path.join(PARTIAL, LOCK_NAME)}); wait for it to finish") from None
+        for name in os.listdir(self.partial):  # left by a killed run; we hold the lock, so nobody writes them
+            if ".tmp-" in name:
+                os.unlink(os.path.join(self.partial, name))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+        if self._lock_fd is None:
+            return
+        # Leave nothing behind that a later run could mistake for work in progress.
+        try:
+            if os.listdir(self.partial) == [LOCK_NAME]:
+                os.unlink(os.path.join(self.partial, LOCK_NAME))
+                os.rmdir(self.partial)
+            elif self._created_lock:
+                os.unlink(os.path.join(self.partial, LOCK_NAME))
+            if self._created and not os.listdir(self.path):
+                os.rmdir(self.path)
+        except OSError:
+            pass
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
+    # --- storage, local or remote ---
+
+    def _read_text(self, path: str) -> str | None:
+        if self.remote and not storage.exists(path, self.storage_options):
+            return None
+        try:
+            return storage.read_bytes(path, self.storage_options).decode("utf-8", "replace")
+        except FileNotFoundError:
+            return None
+
+    def _names(self, folder: str) -> list[str]:
+        return storage.ls(folder, self.storage_options)
+
+    def _remove(self, path: str) -> None:
+        if not self.remote and os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            storage.remove(path, self.storage_options)
+
+    def publish(self, tmp: str, name: str, folder: str | None = None) -> None:
+        """Make the finished, fsync'd local file ``tmp`` appear whole as ``name`` in DST (or in
+        ``folder``): a rename on a local disk, an upload (then ``tmp`` is deleted) to a URL."""
+        final = storage.join(folder or self.path, name)
+        try:
+            storage.publish(tmp, final, self.storage_options)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        if not self.remote:
+            _fsync_dir(os.path.dirname(final) or ".")
+
+    def _size_and_sha256(self, name: str) -> tuple[int, str] | None:
+        path = storage.join(self.path, name)
+        if self.remote:
+            return storage.sha256_of(path, self.storage_options) if storage.exists(path, self.storage_options) else None
+        h, size = hashlib.sha256(), 0
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
+        return size, h.hexdigest()
+
+    # --- what is already there ---
+
+    def foreign_entries(self) -> list[str]:
+        return [n for n in self._names(self.path) if not _is_shardkit_file(n)]
+
+    def shard_files(self) -> list[str]:
+        return [n for n in self._names(self.path) if n not in (PARTIAL, MANIFEST_NAME) and _is_shardkit_file(n)]
+
+    def shard_size(self, name: str) -> int | None:
+        return storage.size(storage.join(self.path, name), self.storage_options)
+
+    def manifest_text(self) -> str | None:
+        return self._read_text(storage.join(self.path, MANIFEST_NAME))
+
+    def partial_digest(self) -> str | None:
+        text = self._read_text(storage.join(self.partial, PLAN_NAME))
+        if text is None:
+            return None
+        try:
+            return json.loads(text).get("digest")
+        except (ValueError, AttributeError):
+            return "<unreadable>"
+
+    def clear(self) -> None:
+        """Remove shardkit's own files (shards, manifest, partial records), nothing else."""
+        for name in self.shard_files() + [MANIFEST_NAME]:
+            self._remove(storage.join(self.path, name))
+        self.clear_partial()
+
+    def clear_partial(self) -> None:
+        """Forget the records of an unfinished run (the lock stays held)."""
+        for name in self._names(self.partial):
+            if name != LOCK_NAME:
+                self._remove(storage.join(self.partial, name))
+
+    # --- the run's records ---
+
+    def _write_small(self, name: str, text: str, what: str, folder: str | None = None) -> None:
+        tmp = os.path.join(self.staging, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            self.publish(tmp, name, folder)
+        except OSError as err:
+            raise _space_error(err, what, self.path) from None
+
+    def start(self, digest: str, kind: str, params: dict[str, Any]) -> None:
+        self._write_small(PLAN_NAME, json.dumps({"digest": digest, "kind": kind, "params": params}, sort_keys=True),
+                          PLAN_NAME, self.partial)
+
+    def save_record(self, record: ShardRecord) -> None:
+        self._write_small(record.name.replace(_SHARD_SUFFIX, ".json"),
+                          json.dumps(asdict(record), sort_keys=True, ensure_ascii=False),
+                          f"the record of {record.name}", self.partial)
+
+    def finished(self, index: int) -> ShardRecord | None:
+        """The record of shard ``index`` if it was finished by an earlier run of the same plan and
+        its file is intact (same size and sha256)."""
+        name = shard_name(index)
+        text = self._read_text(storage.join(self.partial, name.replace(_SHARD_SUFFIX, ".json")))
+        if text is None:
+            return None
+        try:
+            record = ShardRecord(**json.loads(text))
+            if self._size_and_sha256(name) == (record.bytes, record.sha256):
+                return record
+        except (OSError, ValueError, TypeError):
+            pass
+        return None
+
+    def remove_extra_shards(self, count: int) -> None:
+        """Shards numbered ``count`` and above belong to no plan of this run."""
+        for name in self.shard_files():
+            if int(name[len(_SHARD_PREFIX):-len(_SHARD_SUFFIX)]) >= count:
+                self._remove(storage.join(self.path, name))
+
+    def write_manifest(self, text: str) -> None:
+        """Publish the manifest, then remove the partial directory: the conversion is complete."""
+        self._write_small(MANIFEST_NAME, text, MANIFEST_NAME)
+        self.clear_partial()
+        if not self.remote:
+            os.unlink(os.path.join(self.partial, LOCK_NAME))  # we still hold the flock on the open file
+            os.rmdir(self.partial)
+
+
+def _read_only_fs(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

@@ -1,0 +1,126 @@
+"""Worker processes for a conversion: tasks in, results out in task order, a bounded number in
+flight, and a worker that dies (a decoder that segfaults, the OOM killer) isolated to the input
+that killed it instead of ending the conversion."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Protocol
+
+from ..errors import ShardkitError
+
+log = logging.getLogger(__name__)
+
+
+class Splittable(Protocol):
+    """A task whose inputs can be retried one by one when a worker dies running it."""
+
+    def __call__(self) -> Any: ...
+    def split(self) -> list["Splittable"]: ...
+    def crashed(self) -> Any: ...      # the result of a one-input task whose worker died, twice
+    def merge(self, results: list[Any]) -> Any: ...
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C is the main process's to handle: it stops the pool and leaves resumable state.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class WorkerPool:
+    """``workers`` spawned processes (spawned, not forked: the parent may hold threads, from tqdm
+    or torch, that a fork would copy mid-lock). ``workers=1`` runs every task in this process."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._executor: ProcessPoolExecutor | None = None
+        if workers > 1:
+            self._start()
+
+    def _start(self) -> None:
+        self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_ignore_sigint)
+
+    def _restart(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._start()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def map(self, tasks: Iterable[Callable[[], Any]], window: int | None = None) -> Iterator[Any]:
+        """``task()`` for each task, results in task order, at most ``window`` (default: 4 per
+        worker) tasks in flight, so memory stays bounded however many tasks there are.
+
+        Raises:
+            ShardkitError: a worker died running a task that cannot be split into single inputs.
+        """
+        if self._executor is None:
+            for task in tasks:
+                yield task()
+            return
+        window = window or 4 * self.workers
+        pending: deque[tuple[Callable[[], Any], Future]] = deque()
+        try:
+            for task in tasks:
+                pending.append((task, self._executor.submit(task)))
+                if len(pending) >= window:
+                    yield self._next(pending)
+            while pending:
+                yield self._next(pending)
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+    def _next(self, pending: deque) -> Any:
+        task, future = pending.popleft()
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            pass
+        # A worker died; every task in flight failed with it. Find the input that did it, then
+        # give the others to a fresh pool.
+        self._restart()
+        result = self._isolate(task)
+        for i, (other, _) in enumerate(pending):
+            pending[i] = (other, self._executor.submit(other))
+        return result
+
+    def _run_alone(self, task) -> tuple[bool, Any]:
+        try:
+            return True, self._executor.submit(task).result()
+        except BrokenProcessPool:
+            self._restart()
+            return False, None
+
+    def _isolate(self, task) -> Any:
+        if not hasattr(task, "split"):
+            ok, result = self._run_alone(task)
+            if ok:
+                return result
+            raise ShardkitError(f"a conversion worker process died while running {task!r:.200} (out of memory, "
+                                f"or killed); run the same command again to resume")
+        results = []
+        for part in task.split():
+            for _attempt in range(2):  # once more alone, so a death from outside is not blamed on it
+                ok, result = self._run_alone(part)
+                if ok:
+                    break
+            if not ok:
+                log.warning("a worker died twice on one input; skipping it: %r", part)
+                result = part.crashed()
+            results.append(result)
+        return task.merge(results)

@@ -1,0 +1,59 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from servers import RangeHTTPServer, moto_s3  # noqa: E402
+
+from shardkit.storage import RetryPolicy  # noqa: E402
+from shardkit.storage import remote  # noqa: E402
+
+#: Sizes of the test objects: empty, smaller than a range, several ranges and a partial one.
+SIZES = {"empty.bin": 0, "small.bin": 1000, "big.bin": 300_000}
+
+
+@pytest.fixture(autouse=True)
+def small_ranges(monkeypatch):
+    """64 KB ranges, so objects of a few hundred KB span several requests."""
+    monkeypatch.setattr(remote, "CHUNK_SIZE", 64 << 10)
+
+
+@pytest.fixture
+def fast_retry():
+    """Retries fast enough for tests, with a deadline short enough to wait for."""
+    return RetryPolicy(attempts=8, base_delay=0.01, max_delay=0.05, deadline=3.0, timeout=1.0)
+
+
+@pytest.fixture
+def objects(tmp_path):
+    """A directory of random binary objects (see SIZES); returns {name: bytes}."""
+    root = tmp_path / "served"
+    root.mkdir()
+    content = {name: os.urandom(size) for name, size in SIZES.items()}
+    for name, data in content.items():
+        (root / name).write_bytes(data)
+    return content
+
+
+@pytest.fixture
+def http(tmp_path, objects):
+    """``http(**faults)`` starts a RangeHTTPServer over the objects; returns (server, base URL)."""
+    servers = []
+
+    def start(**faults):
+        server = RangeHTTPServer(tmp_path / "served", **faults)
+        servers.append(server)
+        return server, server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """storage_options for a moto S3 server with an empty bucket named ``bucket``."""
+    with moto_s3("bucket") as options:
+        yield options
