@@ -7,6 +7,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 import datagen  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_home(tmp_path_factory):
+    """Keep shardkit's default cache (webdataset sample counts) out of the real home directory."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def image_tree(tmp_path):
     """An ImageFolder tree with one image of every format and mode (see datagen.IMAGE_CASES)."""
