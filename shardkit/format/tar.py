@@ -155,8 +155,38 @@ def _file_size(stream: BinaryIO) -> int | None:
         return None
 
 
-def _parse_header(block: bytes) -> tarfile.TarInfo:
-    """The header in ``block``; raises ``ValueError`` when it is not one (checksum, fields)."""
+class _Header(NamedTuple):
+    name: str
+    size: int
+    type: bytes
+
+
+_USTAR_MAGIC = b"ustar\x0000"
+
+
+def _parse_header(block: bytes) -> tarfile.TarInfo | _Header:
+    """The header in ``block``; raises ``ValueError`` when it is not one (checksum, fields).
+
+    Plain POSIX USTAR headers (what shardkit writes) are parsed here directly: ``TarInfo.frombuf``
+    costs about 35 µs a header, a tenth of a worker's time per image sample; this takes about 3 µs.
+    Anything else (GNU or v7 headers, base-256 sizes, a checksum that only matches signed) goes
+    to ``frombuf``, which also produces every error message."""
+    if block[257:265] == _USTAR_MAGIC:
+        try:
+            checksum = int(block[148:156].rstrip(b"\0 ") or b"-1", 8)
+            size = int(block[124:136].rstrip(b"\0 ") or b"0", 8)
+        except ValueError:
+            checksum = size = -1
+        # zero bytes add nothing to the sum, and dropping them first (in C) makes it 3x cheaper
+        if size >= 0 and checksum == sum(block.replace(b"\0", b"")) - sum(block[148:156]) + 256:
+            name = block[:100].split(b"\0", 1)[0]
+            prefix = block[345:500].split(b"\0", 1)[0]
+            if prefix:
+                name = prefix + b"/" + name
+            kind = block[156:157]
+            if kind == tarfile.AREGTYPE and name.endswith(b"/"):  # v7's way of saying directory, as frombuf reads it
+                kind = tarfile.DIRTYPE
+            return _Header(name.decode("utf-8", "surrogateescape"), size, kind)
     try:
         return tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
     except (tarfile.HeaderError, ValueError, UnicodeError, OverflowError) as err:
