@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
+import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -32,19 +34,43 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _ready() -> bool:
+    return True
+
+
+def _start_method() -> str:
+    # Forking is much cheaper than spawning (no re-import of numpy and PIL per worker, and no
+    # `if __name__ == "__main__"` guard needed in the caller's script), but is only safe while
+    # this process has a single thread: a fork copies locks that other threads may hold.
+    return "fork" if sys.platform == "linux" and threading.active_count() == 1 else "spawn"
+
+
 class WorkerPool:
-    """``workers`` spawned processes (spawned, not forked: the parent may hold threads, from tqdm
-    or torch, that a fork would copy mid-lock). ``workers=1`` runs every task in this process."""
+    """``workers`` worker processes (forked where that is safe, else spawned). ``workers=1`` runs
+    every task in this process.
+
+    Raises:
+        ShardkitError: the workers cannot start (a spawned worker that re-runs a script lacking an
+            ``if __name__ == "__main__":`` guard), instead of blaming the inputs.
+    """
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._executor: ProcessPoolExecutor | None = None
         if workers > 1:
             self._start()
+            try:
+                self._executor.submit(_ready).result()
+            except BrokenProcessPool:
+                self.close()
+                raise ShardkitError(
+                    "conversion worker processes failed to start. When shardkit.convert(..., workers>1) is "
+                    "called from a script on a platform that spawns processes, the call must sit under "
+                    "`if __name__ == \"__main__\":`; or pass workers=1") from None
 
     def _start(self) -> None:
-        self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_ignore_sigint)
+        context = multiprocessing.get_context(_start_method())
+        self._executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_ignore_sigint)
 
     def _restart(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -95,9 +95,10 @@ def check_shards(source: Source, indices: Iterable[int], storage_options: dict[s
             appended); the first is ``shard``, its size the ``offset``.
     """
     missing, resized = [], []
-    for i in sorted(set(indices)):
+    indices = sorted(set(indices))
+    found = storage.sizes([source.shards[i].path for i in indices], storage_options)  # one round trip
+    for i, size in zip(indices, found):
         ref = source.shards[i]
-        size = storage.size(ref.path, storage_options)
         if size is None:
             missing.append(i)
         elif ref.size is not None and size != ref.size:
@@ -129,8 +130,23 @@ def read_pieces(pieces: Iterable[Piece], source: Source, opts: ReadOptions, erro
         if piece.shard in missing:
             errors.damaged(ShardError("the shard is missing", shard=source.shards[piece.shard].name),
                            piece.stop - piece.start)
-            continue
-        yield from _read_shard(source, source.shards[piece.shard], piece.start, piece.stop, read, opts, errors)
+    pieces = [p for p in pieces if p.shard not in missing]
+    ahead = None  # the next piece's shard, opened early: a remote open starts fetching at once,
+    try:          # so its first-byte latency passes while this shard is read
+        for i, piece in enumerate(pieces):
+            raw, ahead = ahead or _open(source.shards[piece.shard], opts), None
+            following = pieces[i + 1] if i + 1 < len(pieces) else None
+            if following is not None and following.shard != piece.shard and storage.is_url(source.shards[following.shard].path):
+                ahead = _open(source.shards[following.shard], opts)
+            yield from _read_shard(raw, source, source.shards[piece.shard], piece.start, piece.stop, read, opts, errors)
+    finally:
+        if ahead is not None:
+            ahead.close()
+
+
+def _open(ref: ShardRef, opts: ReadOptions):
+    return storage.open_shard(ref.path, storage_options=opts.storage_options, cache_dir=opts.cache_dir,
+                              cache_limit=opts.cache_limit, size=ref.size, sha256=ref.sha256)
 
 
 class _Range:
@@ -140,7 +156,7 @@ class _Range:
         self.inside = start == 0
 
 
-def _read_shard(source: Source, ref: ShardRef, start: int, stop: int, read, opts: ReadOptions,
+def _read_shard(raw, source: Source, ref: ShardRef, start: int, stop: int, read, opts: ReadOptions,
                 errors: ErrorLog) -> Iterator[Any]:
     where = _Range(start)
 
@@ -148,8 +164,7 @@ def _read_shard(source: Source, ref: ShardRef, start: int, stop: int, read, opts
         if where.inside:
             errors.damaged(err, 0)
 
-    with storage.open_shard(ref.path, storage_options=opts.storage_options, cache_dir=opts.cache_dir,
-                            cache_limit=opts.cache_limit, size=ref.size, sha256=ref.sha256) as raw:
+    with raw:
         stream = _Hashing(raw) if opts.verify and ref.sha256 else raw
         members = iter_members(stream, ref.name, size=ref.size,
                                on_damage=None if errors.policy == "raise" else on_damage)
