@@ -18,8 +18,20 @@ import warnings
 import numpy as np
 import torch
 from PIL import Image
-from torchcodec.decoders import decode_image as _torchcodec_image
-from torchcodec.decoders import decode_jpeg as _torchcodec_jpeg
+
+try:  # torchcodec 0.17 (beside torch 2.14): torchvision 0.29 deprecates its own decoders for these
+    from torchcodec.decoders import decode_image as _native_image
+    from torchcodec.decoders import decode_jpeg as _native_jpeg
+except ImportError:  # older stacks (torchcodec without image decoders): torchvision's, not deprecated there
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_image as _tv_image
+    from torchvision.io import decode_jpeg as _tv_jpeg
+
+    def _native_jpeg(data: bytes) -> torch.Tensor:
+        return _tv_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+
+    def _native_image(data: bytes, mode: str = "RGB") -> torch.Tensor:
+        return _tv_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
 
 from ..errors import ShardError
 
@@ -78,7 +90,7 @@ def decode_image(data: bytes, *, shard: str | None = None, member: str | None = 
     if size is not None:
         _check_pixels(*size, shard, member)
         try:
-            return _torchcodec_jpeg(data)
+            return _native_jpeg(data)
         except RuntimeError:
             return _decode_with_pil(data, shard, member)  # PIL may still read it, or says why not
     png = _png_header(data)
@@ -89,7 +101,7 @@ def decode_image(data: bytes, *, shard: str | None = None, member: str | None = 
     elif data[:4] != b"RIFF" or data[8:12] != b"WEBP":
         return _decode_with_pil(data, shard, member)
     try:
-        image = _torchcodec_image(data, mode="RGB")
+        image = _native_image(data, mode="RGB")
     except RuntimeError:
         return _decode_with_pil(data, shard, member)
     if png is None:  # WebP: its header was not checked yet, and animations give N×C×H×W

@@ -83,8 +83,8 @@ def test_decompression_bombs_are_refused_before_decoding(monkeypatch, fmt):
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("decoded before the size check")
-    monkeypatch.setattr(decode_module, "_torchcodec_jpeg", must_not_run)
-    monkeypatch.setattr(decode_module, "_torchcodec_image", lambda data, mode: must_not_run() if fmt == "PNG" else
+    monkeypatch.setattr(decode_module, "_native_jpeg", must_not_run)
+    monkeypatch.setattr(decode_module, "_native_image", lambda data, mode: must_not_run() if fmt == "PNG" else
                         torch.zeros(3, 64, 64, dtype=torch.uint8))
     with pytest.raises(ShardError, match="4096 pixels exceeds the decompression-bomb limit"):
         decode_image(data, shard="s.tar", member="k.img")
