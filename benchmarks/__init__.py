@@ -1,0 +1,1 @@
+"""shardkit's benchmarks: ``python benchmarks/run.py`` (see its docstring)."""

@@ -1,0 +1,1 @@
+"""One module per contender: how it builds its data and its loaders, nothing about timing."""

@@ -1,0 +1,101 @@
+"""Token sequences: samples/s read in one process (each sample a 1-D int64 tensor, in order), the
+bytes each format stores, and the padded-token efficiency of batches with and without bucketing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .. import harness
+from ..contenders import baseline, litdata_peer, shardkit_peer, webdataset_peer
+from ..workspace import Workspace, files_under
+from . import ratio_section
+
+BASELINE = "map-style JSONL (json.loads per line, lines in memory)"
+WEBDATASET = "webdataset, .npy + .cls per key (integer mtime)"
+SHARDKIT = "shardkit StreamingDataset"
+LITDATA = "litdata optimize + StreamingDataset"
+
+
+def _stored(files: list[Path], payload: int) -> float:
+    return sum(p.stat().st_size for p in files) / payload
+
+
+def throughput(ws: Workspace) -> list[dict[str, Any]]:
+    payload, n = 4 * sum(len(tokens) for tokens, _ in ws.records), len(ws.records)
+    contenders = [
+        (harness.Contender(BASELINE, lambda: baseline.iterate(baseline.JsonlSequences(ws.src.jsonl)), expected=n),
+         lambda: [ws.src.jsonl]),
+        (harness.Contender(WEBDATASET, lambda: webdataset_peer.sequences(ws.webdataset_sequences), expected=n),
+         lambda: ws.webdataset_sequences),
+        (harness.Contender(SHARDKIT, lambda: shardkit_peer.sequences(ws.shardkit_sequences), expected=n),
+         lambda: shardkit_peer.shard_files(ws.shardkit_sequences)),
+    ]
+    skipped = ["mosaicml-streaming: not installed (would downgrade numpy)"]
+    why = litdata_peer.available()
+    if why:
+        skipped.append(f"litdata: {why}")
+    else:
+        contenders.append((harness.Contender(LITDATA, lambda: litdata_peer.sequences(ws.litdata_sequences),
+                                             expected=n),
+                           lambda: files_under(ws.litdata_sequences)))
+    stored = {}
+    for contender, files in contenders:  # build every format (untimed) and weigh it
+        try:
+            stored[contender.name] = _stored(files(), payload)
+        except Exception as err:  # noqa: BLE001 - the timed run below records the same failure
+            stored[contender.name] = None
+            harness.log.error("%s: building its data failed: %s", contender.name, err)
+    outcomes = harness.compare([c for c, _ in contenders], ws.cfg.rounds)
+    section = ratio_section("sequences", "Token sequences, one process, in order", "samples/s", outcomes,
+                            BASELINE, per=10_000, per_unit="10,000 samples", skipped=skipped,
+                            notes=[f"{len(ws.records)} sequences, lengths lognormal(4.0, 0.9) clipped to "
+                                   f"[8, 2048], ids < 50,000; each sample a 1-D int64 tensor; median of "
+                                   f"{ws.cfg.rounds}. 'stored' = bytes on disk / int32 payload"])
+    for r in section["rows"]:
+        r["stored_ratio"] = stored.get(r["contender"])
+    return [section]
+
+
+class PaddingCounter:
+    """Counts samples of ``(padded B×T, lengths, labels)`` batches and the padded-token efficiency:
+    real tokens / tokens in padded batches."""
+
+    def __init__(self):
+        self.real = self.padded = 0
+
+    def __call__(self, batch) -> int:
+        padded, lengths = batch[0], batch[1]
+        self.real += int(lengths.sum())
+        self.padded += padded.numel()
+        return len(lengths)
+
+    @property
+    def efficiency(self) -> float:
+        return self.real / self.padded if self.padded else float("nan")
+
+
+def padding(ws: Workspace) -> list[dict[str, Any]]:
+    """Batched loaders (batch 64, num_workers as for images): samples/s and padded efficiency."""
+    b, w = ws.cfg.batch_size, ws.cfg.num_workers
+    variants = {
+        "map-style JSONL, DataLoader(shuffle=True), pad_collate":
+            lambda: baseline.padded_loader(ws.src.jsonl, b, w),
+        "shardkit, shuffled, pad_collate (no bucketing)":
+            lambda: shardkit_peer.padded_loader(ws.shardkit_sequences, b, w),
+        "shardkit, length bucketing":
+            lambda: shardkit_peer.padded_loader(ws.shardkit_sequences, b, w, bucketing=True),
+        "shardkit, length bucketing + token budget":
+            lambda: shardkit_peer.padded_loader(ws.shardkit_sequences, b, w, max_tokens=b * 128),
+    }
+    counters = {name: PaddingCounter() for name in variants}
+    contenders = [harness.Contender(name, run, counters[name], expected=ws.cfg.sequences)
+                  for name, run in variants.items()]
+    outcomes = harness.compare(contenders, ws.cfg.rounds)
+    section = ratio_section("sequences_padding", "Token sequences, batched: padding efficiency", "samples/s",
+                            outcomes, next(iter(variants)), per=10_000, per_unit="10,000 samples",
+                            notes=[f"batch {b} (token budget: {b * 128} tokens per batch), num_workers={w}; "
+                                   f"efficiency = real tokens / tokens in the padded batches"])
+    for r in section["rows"]:
+        r["padding_efficiency"] = counters[r["contender"]].efficiency
+    return [section]

@@ -1,0 +1,58 @@
+"""The issues' targets, checked against the sections of a run (never tuned by touching the baseline)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .scenarios import conversion, images, remote, row, sequences
+
+
+def _ratio(section_id: str, contender: str, reference: str | None = None) -> Callable[[dict], float | None]:
+    """Median of ``contender`` over the section's baseline (or over ``reference``'s median)."""
+    def get(sections: dict) -> float | None:
+        section = sections.get(section_id)
+        mine = section and row(section, contender)
+        if not mine or "median" not in mine:
+            return None
+        if reference is None:
+            return mine.get("ratio")
+        ref = row(section, reference)
+        return mine["median"] / ref["median"] if ref and ref.get("median") else None
+    return get
+
+
+def _memory_growth(sections: dict) -> float | None:
+    memory = sections.get("memory_epochs")
+    if not memory:
+        return None
+    s = memory["summary"]
+    return s["growth_mb"] / s["first"]
+
+
+def _tar(cores: int) -> Callable[[dict], float | None]:
+    return lambda sections: (conversion.tar_time_ratio(sections["conversion"], cores)
+                             if "conversion" in sections else None)
+
+
+def check(sections: dict[str, dict[str, Any]], cores: int) -> list[dict[str, Any]]:
+    """One entry per target: what, measured value, goal, met (None when not measured in this run)."""
+    specs = [
+        ("issue 4/5: recommended pipeline vs the map-style baseline, warm", "×", ">=", 1.6,
+         _ratio("images_warm", images.RECOMMENDED)),
+        ("issue 5: recommended pipeline streaming over HTTP vs the baseline's GET per file", "×", ">=", 5.0,
+         _ratio("images_remote", remote.STREAM)),
+        ("issue 6: streaming over HTTP vs the same shards on local disk", "×", ">=", 0.9,
+         _ratio("images_remote", remote.STREAM, remote.LOCAL)),
+        ("issue 4/5: shardkit sequences vs webdataset one-sample-per-key", "×", ">=", 10.0,
+         _ratio("sequences", sequences.SHARDKIT, sequences.WEBDATASET)),
+        (f"issue 5: convert ({cores} workers, full validation) vs all-core PIL decode rate", "×", ">=", 0.7,
+         _ratio("conversion", conversion.shardkit_name(cores, "full"))),
+        (f"issue 5: convert ({cores} workers, header only) time vs tar cf time", "×", "<=", 3.0, _tar(cores)),
+        ("issue 7: RSS growth over the epochs, relative to the first epoch", "", "<=", 0.05, _memory_growth),
+    ]
+    results = []
+    for what, unit, op, goal, get in specs:
+        value = get(sections)
+        met = None if value is None else (value >= goal if op == ">=" else value <= goal)
+        results.append({"target": what, "measured": value, "goal": f"{op} {goal}{unit}", "met": met})
+    return results
