@@ -21,8 +21,6 @@ def main(root: str, latency: str) -> None:
     sys.path.insert(0, str(ROOT))
     from tests import servers
 
-    # Without TCP_NODELAY a keep-alive client waits out a 40 ms delayed ACK between the header and
-    # body writes of every answer, which would swamp the 20 ms latency under study.
     with servers.RangeHTTPServer(root, latency=float(latency)) as url:
         print(url, flush=True)
         until_stdin_closes()

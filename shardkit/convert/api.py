@@ -200,7 +200,12 @@ def _write(plan: Plan, out: Destination, pool: WorkerPool, show: bool) -> list[S
             rate = state["bytes"] / max(time.monotonic() - state["t0"], 1e-6) / 1e6
             bar.set_postfix_str(f"{rate:.1f} MB/s", refresh=False)
 
-        for index, record in execute.run_shards(plan, out, todo, pool, on_chunk):
+        def on_shard(record: ShardRecord) -> None:
+            if plan.options.strict and record.skipped:
+                _fail_strict(out, record.skipped)
+            bar.update(record.samples + len(record.skipped))
+
+        for index, record in execute.run_shards(plan, out, todo, pool, on_chunk, on_shard):
             records[index] = record
     return records
 

@@ -1,10 +1,18 @@
 """Executing a plan: shards split into chunk tasks, run by a process pool, written in plan order.
 
-A task is a picklable callable (:class:`~.images.ImageChunk`, :class:`~.sequences.BlockChunk`)
-that returns the tar members of some consecutive positions of one shard. Results are consumed
-in submission order (:meth:`~.pool.WorkerPool.map`), so the bytes written never depend on how
-many workers there are. :func:`write_shard` is the unit a distributed scheduler
-runs: shard ``i`` of a plan, in whatever process it lands.
+A chunk task is a picklable callable (:class:`~.images.ImageChunk`, :class:`~.sequences.BlockChunk`)
+that returns the tar members of some consecutive positions of one shard; a shard's members are
+its chunks' members in order, whoever runs them, so the bytes written never depend on how many
+workers there are. Two ways to run them:
+
+- whole shards, one :class:`ShardTask` per worker process, which writes and publishes its shard
+  and sends back only the record (used for images when there are at least as many shards as
+  workers: no image bytes cross processes and the main process stays idle, which measured
+  0.50 → 0.7x of the all-core decode rate on 2 cores);
+- chunks spread over the pool, written by this process in order (a dataset of fewer shards than
+  workers still uses every core).
+
+:func:`write_shard` is the unit a distributed scheduler runs.
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ from __future__ import annotations
 import functools
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -69,13 +79,48 @@ def write_shard(plan: Plan, index: int, dst: Destination) -> ShardRecord:
         return writer.finish()
 
 
-def run_shards(plan: Plan, dst: Destination, todo: list[int], pool: WorkerPool,
-               on_chunk: Callable[[ChunkResult], None]) -> Iterator[tuple[int, ShardRecord]]:
-    """Write the shards ``todo`` (ascending), their chunks spread over ``pool``; yields
-    ``(index, record)`` as each shard is published.
+@dataclass(frozen=True)
+class ShardTask:
+    """Shard ``index`` written and published in a worker process; returns its :class:`ShardRecord`.
 
-    ``on_chunk`` sees every chunk result (progress, strict checks) before it is written.
+    When its worker dies (a decoder crash), the pool splits it into single images, skips the one
+    that kills a worker twice, and :meth:`merge` writes the shard here from the rest."""
+
+    dst_path: str
+    storage_options: dict[str, Any] | None
+    index: int
+    chunks: tuple[ImageChunk, ...]
+
+    def __call__(self) -> ShardRecord:
+        with ShardWriter(Destination(self.dst_path, self.storage_options), self.index) as writer:
+            for chunk in self.chunks:
+                writer.add(chunk())
+            return writer.finish()
+
+    def split(self) -> list[ImageChunk]:
+        return [part for chunk in self.chunks for part in chunk.split()]
+
+    def merge(self, results: list[ChunkResult]) -> ShardRecord:
+        with ShardWriter(Destination(self.dst_path, self.storage_options), self.index) as writer:
+            writer.add(ChunkResult.join(results))
+            return writer.finish()
+
+
+def run_shards(plan: Plan, dst: Destination, todo: list[int], pool: WorkerPool,
+               on_chunk: Callable[[ChunkResult], None],
+               on_shard: Callable[[ShardRecord], None]) -> Iterator[tuple[int, ShardRecord]]:
+    """Write the shards ``todo`` (ascending) with ``pool``; yields ``(index, record)`` as each
+    shard is published.
+
+    ``on_chunk`` sees every chunk result written here (progress, strict checks) before it is
+    written; ``on_shard`` sees the record of each shard written whole by a worker.
     """
+    if plan.kind == "images" and not plan.options.strict and 1 < pool.workers <= len(todo):
+        tasks = (ShardTask(dst.path, dst.storage_options, index, tuple(shard_tasks(plan, index))) for index in todo)
+        for index, record in zip(todo, pool.map(tasks, window=2 * pool.workers)):
+            on_shard(record)
+            yield index, record
+        return
     def tasks():
         for index in todo:
             chunks = shard_tasks(plan, index)

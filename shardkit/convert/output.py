@@ -113,7 +113,10 @@ class ShardWriter:
 
     def __exit__(self, *exc) -> None:
         if not self._file.closed:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:  # flushing the buffer on a full disk fails again; the file goes anyway
+                pass
         if os.path.exists(self.tmp):
             os.unlink(self.tmp)
 

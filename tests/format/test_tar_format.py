@@ -207,3 +207,11 @@ def test_names_that_are_not_utf8_come_through_byte_exact():
     (member,) = read_members(buf.getvalue())
     assert member.name.encode("utf-8", "surrogateescape") == "café.cls".encode("latin-1")
     assert member.data == b"4"
+
+
+@pytest.mark.parametrize("name", ["000000001.jpg", "a" * 100, "ü" * 50, "x/y/z.cls", "000000012.tokens.npy"])
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 12345, 8 ** 11 - 1])
+def test_header_template_gives_tarfiles_bytes(name, size):
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
+    assert member_header(name, size) == info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
