@@ -3,6 +3,7 @@ and sequence files. Shared by the tests (through conftest fixtures) and the demo
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -46,8 +47,8 @@ def natural_image(rng: np.random.Generator, width: int, height: int) -> np.ndarr
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def write_image(path: Path, mode: str, fmt: str, rng: np.random.Generator, size=(48, 32), **save) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def encode_image(mode: str, fmt: str, rng: np.random.Generator, size=(48, 32), **save) -> bytes:
+    """A natural-looking image in PIL ``mode`` (incl. ``I;16`` and ``P``), encoded as ``fmt``."""
     rgb = Image.fromarray(natural_image(rng, *size))
     if mode == "I;16":
         img = Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257)
@@ -55,7 +56,14 @@ def write_image(path: Path, mode: str, fmt: str, rng: np.random.Generator, size=
         img = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=32)
     else:
         img = rgb.convert(mode)
-    img.save(path, format=fmt, **save)
+    out = io.BytesIO()
+    img.save(out, format=fmt, **save)
+    return out.getvalue()
+
+
+def write_image(path: Path, mode: str, fmt: str, rng: np.random.Generator, size=(48, 32), **save) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode_image(mode, fmt, rng, size, **save))
 
 
 def make_image_tree(root: str | os.PathLike, cases=IMAGE_CASES, seed: int = 0, empty_classes=("empty",)) -> Path:

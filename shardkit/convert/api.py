@@ -162,7 +162,12 @@ def _fail_strict(out: Destination, skipped: list[dict[str, Any]]) -> None:
 def _bar(show: bool, total: int, unit: str, desc: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit=unit, unit_scale=True, desc=desc, disable=not show, dynamic_ncols=True,
+    class Bar(tqdm):
+        # tqdm's monitor thread would outlive the bar, and a process with a second thread no
+        # longer forks its conversion workers (see pool.py): a later convert() would spawn them
+        monitor_interval = 0
+
+    return Bar(total=total, unit=unit, unit_scale=True, desc=desc, disable=not show, dynamic_ncols=True,
                 leave=False)
 
 

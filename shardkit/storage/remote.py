@@ -66,7 +66,23 @@ def _done(fn, *args) -> Future:
     return future
 
 
-class RangeReader(io.RawIOBase):
+class ReadStream(io.RawIOBase):
+    """A raw stream whose subclasses define only ``read(size)``: the other reads follow from it."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[:len(data)] = data
+        return len(data)
+
+
+class RangeReader(ReadStream):
     """A read-only, forward-only stream over the remote object ``path`` of ``fs``.
 
     ``size`` (from a manifest) saves a metadata request; without it the first range tells a small
@@ -183,9 +199,6 @@ class RangeReader(io.RawIOBase):
         return bool(data)
 
     # -- io.RawIOBase ---------------------------------------------------------------------
-    def readable(self) -> bool:
-        return True
-
     def tell(self) -> int:
         return self._pos
 
@@ -203,15 +216,6 @@ class RangeReader(io.RawIOBase):
             if want is not None:
                 want -= take
         return b"".join(parts)
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, buffer) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[:len(data)] = data
-        return len(data)
 
     def close(self) -> None:
         for future in self._pending:

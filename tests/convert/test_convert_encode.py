@@ -12,17 +12,7 @@ from shardkit.convert.images import SkipImage, encode_image
 
 
 def _image_bytes(mode, fmt, size=(48, 32), seed=0, **save):
-    path = io.BytesIO()
-    rng = np.random.default_rng(seed)
-    rgb = Image.fromarray(datagen.natural_image(rng, *size))
-    if mode == "I;16":
-        img = Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257)
-    elif mode == "P":
-        img = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=32)
-    else:
-        img = rgb.convert(mode)
-    img.save(path, format=fmt, **save)
-    return path.getvalue()
+    return datagen.encode_image(mode, fmt, np.random.default_rng(seed), size, **save)
 
 
 @pytest.mark.parametrize("mode, fmt, ext", [

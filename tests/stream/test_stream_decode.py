@@ -18,16 +18,7 @@ from shardkit.stream.dataset import StreamingDataset
 
 
 def encode(mode: str, fmt: str, size=(45, 31), **save) -> bytes:
-    path = io.BytesIO()
-    rgb = Image.fromarray(datagen.natural_image(np.random.default_rng(1), *size))
-    if mode == "I;16":
-        image = Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257)
-    elif mode == "P":
-        image = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=32)
-    else:
-        image = rgb.convert(mode)
-    image.save(path, format=fmt, **save)
-    return path.getvalue()
+    return datagen.encode_image(mode, fmt, np.random.default_rng(1), size, **save)
 
 
 def pil_rgb(data: bytes) -> torch.Tensor:
