@@ -57,6 +57,9 @@ class WorkerPool:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._executor: ProcessPoolExecutor | None = None
+        # Chosen once: a restart after a worker died must not switch methods because the dead
+        # pool's own manager thread is still winding down.
+        self._context = multiprocessing.get_context(_start_method())
         if workers > 1:
             self._start()
             try:
@@ -69,8 +72,7 @@ class WorkerPool:
                     "`if __name__ == \"__main__\":`; or pass workers=1") from None
 
     def _start(self) -> None:
-        context = multiprocessing.get_context(_start_method())
-        self._executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_ignore_sigint)
+        self._executor = ProcessPoolExecutor(self.workers, mp_context=self._context, initializer=_ignore_sigint)
 
     def _restart(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
