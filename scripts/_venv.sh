@@ -8,7 +8,8 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/python -m pip install -q --upgrade pip
 fi
 echo "[shardkit] installing shardkit${1:+[$1]} into .venv (torch 2.14.1 and torchvision 0.29.1 are pinned)"
-if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${1:+[$1]}" >.venv/pip.log 2>&1; then
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check -c scripts/constraints.txt -e ".${1:+[$1]}" \
+    >.venv/pip.log 2>&1; then
   grep -v "^WARNING: Location .* is ignored" .venv/pip.log >&2
   echo "[shardkit] pip install failed (log above, also in .venv/pip.log)" >&2
   exit 1
