@@ -148,7 +148,7 @@ def synthetic(trainer: Trainer, batch_size: int, count: int):
 def markdown(doc: dict) -> str:
     from benchmarks.machine import one_line
 
-    lines = [f"# shardkit GPU benchmark: ResNet-50 training step", "",
+    lines = ["# shardkit GPU benchmark: ResNet-50 training step", "",
              f"Machine: {one_line(doc['machine'])}.  ",
              f"Run {doc['started']}, {doc['duration_s'] / 60:.1f} min; {doc['config']['images']} JPEGs, "
              f"batch {doc['config']['batch_size']}, bf16 autocast, channels_last, one run per row.", "",
