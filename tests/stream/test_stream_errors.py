@@ -180,10 +180,13 @@ def slow(tokens):
 
 def test_a_killed_worker_is_reported_within_seconds(seq_root):
     loader = make_loader(StreamingDataset(seq_root, transform=slow), 2, num_workers=2, persistent_workers=False)
+    before = {p.pid for p in psutil.Process().children()}  # earlier tests may have left helpers
     it = iter(loader)
     for _ in range(3):  # both workers have delivered a batch (round robin)
         next(it)
-    victim = psutil.Process().children()[-1]
+    workers = [p for p in psutil.Process().children() if p.pid not in before]
+    assert len(workers) == 2
+    victim = workers[-1]
     victim.send_signal(signal.SIGKILL)
     started = time.monotonic()
     caught = None
