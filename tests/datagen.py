@@ -112,3 +112,10 @@ def write_txt(path: str | os.PathLike, sequences) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(" ".join(map(str, tokens)) + "\n" for tokens, _ in sequences))
     return path
+
+
+def dst_files(dst: str | os.PathLike) -> dict[str, bytes]:
+    """Every file under ``dst`` (hidden ones included, so a leftover temporary file shows), by
+    relative path, with its bytes: what tests compare to prove two conversions byte-identical."""
+    dst = Path(dst)
+    return {str(p.relative_to(dst)): p.read_bytes() for p in sorted(dst.rglob("*")) if p.is_file()}

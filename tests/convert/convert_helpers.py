@@ -23,12 +23,6 @@ from shardkit.format.tar import read_members
 REPO = Path(__file__).resolve().parents[2]
 
 
-def dst_files(dst) -> dict[str, bytes]:
-    """Every file under ``dst`` (hidden ones included), by relative path, with its bytes."""
-    dst = Path(dst)
-    return {str(p.relative_to(dst)): p.read_bytes() for p in sorted(dst.rglob("*")) if p.is_file()}
-
-
 def manifest_doc(dst) -> dict:
     return json.loads((Path(dst) / MANIFEST_NAME).read_text())
 

@@ -10,8 +10,9 @@ import time
 import pytest
 
 import datagen
+from datagen import dst_files
 import shardkit
-from convert_helpers import REPO, dst_files, manifest_doc
+from convert_helpers import REPO, manifest_doc
 from shardkit.convert.output import PARTIAL
 from shardkit.errors import DestinationError
 

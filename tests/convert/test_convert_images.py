@@ -12,7 +12,8 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 
 import shardkit
-from convert_helpers import dst_files, make_bad_tree, manifest_doc, samples_by_key
+from convert_helpers import make_bad_tree, manifest_doc, samples_by_key
+from datagen import dst_files
 from shardkit.errors import SourceError
 from shardkit.format.records import IMAGE_EXTENSIONS
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import datagen
+from datagen import dst_files
 import shardkit
-from convert_helpers import dst_files, read_sequences, samples_by_key
+from convert_helpers import read_sequences, samples_by_key
 from shardkit.convert import sequences as seq_module
 from shardkit.errors import SourceError
 from shardkit.format.records import LABELS_EXT

@@ -57,3 +57,19 @@ def s3():
     """storage_options for a moto S3 server with an empty bucket named ``bucket``."""
     with moto_s3("bucket") as options:
         yield options
+
+
+@pytest.fixture(scope="session")
+def local_run(tmp_path_factory):
+    """``local_run(per_class, **options)`` → ``(src, files, options)``: a 3-class JPEG tree and the
+    files of its local one-worker conversion, what remote and Dask conversions must reproduce."""
+    import datagen
+    import shardkit
+
+    def run(per_class: int, **options):
+        root = tmp_path_factory.mktemp("local-run")
+        src = datagen.make_jpeg_tree(root / "src", classes=3, per_class=per_class)
+        shardkit.convert(src, root / "local", workers=1, progress=False, **options)
+        return src, datagen.dst_files(root / "local"), options
+
+    return run

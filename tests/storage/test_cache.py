@@ -26,6 +26,15 @@ def _cached(cache):
     return sorted(p.name for p in cache.iterdir() if not p.name.startswith(".") and p.suffix not in (".ok", ".lock"))
 
 
+def _serve_random_shards(http, tmp_path, count: int):
+    """``count`` shards of 100 kB of random bytes (``s0.tar``, ...) behind a fresh HTTP server."""
+    shards = {f"s{i}.tar": os.urandom(100_000) for i in range(count)}
+    for name, data in shards.items():
+        (tmp_path / "served" / name).write_bytes(data)
+    server, url = http()
+    return server, url, shards
+
+
 def _gets(server, name):
     return server.count("GET", f"/{name}")
 
@@ -55,11 +64,7 @@ def test_the_first_reader_gets_data_before_the_download_ends(http, objects, tmp_
 
 
 def test_limit_is_honoured_by_evicting_the_least_recently_used(http, tmp_path):
-    root = tmp_path / "served"
-    shards = {f"s{i}.tar": os.urandom(100_000) for i in range(4)}
-    for name, data in shards.items():
-        (root / name).write_bytes(data)
-    server, url = http()
+    server, url, shards = _serve_random_shards(http, tmp_path, 4)
     cache, limit = tmp_path / "cache", 250_000
     for name in ["s0.tar", "s1.tar", "s0.tar", "s2.tar", "s3.tar"]:  # s0 used again: s1 is the oldest
         assert _read(f"{url}/{name}", shards[name], cache, limit) == shards[name]
@@ -72,11 +77,7 @@ def test_limit_is_honoured_by_evicting_the_least_recently_used(http, tmp_path):
 
 
 def test_a_shard_being_read_is_never_evicted(http, tmp_path):
-    root = tmp_path / "served"
-    shards = {f"s{i}.tar": os.urandom(100_000) for i in range(3)}
-    for name, data in shards.items():
-        (root / name).write_bytes(data)
-    server, url = http()
+    server, url, shards = _serve_random_shards(http, tmp_path, 3)
     cache, limit = tmp_path / "cache", 150_000
     _read(f"{url}/s0.tar", shards["s0.tar"], cache, limit)
     with storage.open_shard(f"{url}/s0.tar", cache_dir=cache, cache_limit=limit,

@@ -2,24 +2,16 @@
 
 import os
 import signal
-from pathlib import Path
 
 import pytest
 
-import shardkit
+from datagen import dst_files
 from shardkit.convert import dask as on_dask
 from shardkit.convert.options import ConvertOptions
 from shardkit.convert.output import Destination
 from shardkit.convert.plan import digest, plan_images
 from shardkit.convert.sources import list_images
 from shardkit.errors import MissingExtraError
-
-OPTIONS = {"seed": 3, "max_shard_samples": 7}
-
-
-def _files(dst) -> dict[str, bytes]:
-    """Every file under dst, hidden ones included (a leftover temporary file would show)."""
-    return {str(p.relative_to(dst)): p.read_bytes() for p in sorted(Path(dst).rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -28,20 +20,9 @@ def cluster():
         yield client
 
 
-@pytest.fixture(scope="module")
-def local_run(tmp_path_factory):
-    """A jpeg tree and its local (1 worker) conversion."""
-    import datagen
-
-    root = tmp_path_factory.mktemp("dask")
-    src = datagen.make_jpeg_tree(root / "src", classes=3, per_class=10)
-    shardkit.convert(src, root / "local", workers=1, progress=False, **OPTIONS)
-    return src, _files(root / "local")
-
-
-def _convert_on_dask(src, dst, client):
+def _convert_on_dask(src, dst, client, options):
     """What ``convert(src, dst, client=...)`` does, spelled out with the converter's parts."""
-    opts = ConvertOptions.from_kwargs(dict(OPTIONS))
+    opts = ConvertOptions.from_kwargs(dict(options))
     source = list_images(str(src))
     plan_digest = digest("images", opts, source.listing())
     plan = plan_images(source, opts, plan_digest)
@@ -66,25 +47,30 @@ def _kill_writer_of_shard(index, marker):
     output.ShardWriter.add = add
 
 
+@pytest.fixture(scope="module")
+def converted(local_run):
+    return local_run(10, seed=3, max_shard_samples=7)
+
+
 @pytest.mark.timeout(120)
-def test_dask_writes_the_bytes_of_a_local_run(cluster, local_run, tmp_path):
-    src, expected = local_run
-    plan, _, records = _convert_on_dask(src, tmp_path / "dst", cluster)
+def test_dask_writes_the_bytes_of_a_local_run(cluster, converted, tmp_path):
+    src, expected, options = converted
+    plan, _, records = _convert_on_dask(src, tmp_path / "dst", cluster, options)
     assert sorted(records) == list(range(plan.num_shards)) and plan.num_shards == 5
     shards = {name: data for name, data in expected.items() if name.startswith("shard-")}
-    assert {k: v for k, v in _files(tmp_path / "dst").items() if k.startswith("shard-")} == shards
+    assert {k: v for k, v in dst_files(tmp_path / "dst").items() if k.startswith("shard-")} == shards
     assert all(records[i].sha256 and records[i].name == f"shard-{i:06d}.tar" for i in records)
 
 
 @pytest.mark.timeout(120)
-def test_a_worker_killed_mid_shard_does_not_change_the_result(cluster, local_run, tmp_path):
-    src, expected = local_run
+def test_a_worker_killed_mid_shard_does_not_change_the_result(cluster, converted, tmp_path):
+    src, expected, options = converted
     marker = tmp_path / "killed"
     cluster.run(_kill_writer_of_shard, 2, str(marker))
-    plan, out, records = _convert_on_dask(src, tmp_path / "dst", cluster)
+    plan, out, records = _convert_on_dask(src, tmp_path / "dst", cluster, options)
     assert marker.exists()  # a worker really died writing shard 2
     shards = {name: data for name, data in expected.items() if name.startswith("shard-")}
-    assert {k: v for k, v in _files(tmp_path / "dst").items() if k.startswith("shard-")} == shards
+    assert {k: v for k, v in dst_files(tmp_path / "dst").items() if k.startswith("shard-")} == shards
     assert sorted(records) == list(range(plan.num_shards))
 
 

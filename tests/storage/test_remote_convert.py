@@ -10,28 +10,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import datagen
+from datagen import dst_files
 import shardkit
 from shardkit import storage
 from shardkit.cli import cli
 
-OPTIONS = {"seed": 5, "max_shard_samples": 8}
-
-
-def _files(dst) -> dict[str, bytes]:
-    return {str(p.relative_to(dst)): p.read_bytes() for p in sorted(Path(dst).rglob("*")) if p.is_file()}
-
 
 def _remote_files(url, options) -> dict[str, bytes]:
     return {rel: storage.read_bytes(storage.join(url, rel), options) for rel, _ in storage.walk_files(url, options)}
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    root = tmp_path_factory.mktemp("remote-convert")
-    src = datagen.make_jpeg_tree(root / "src", classes=3, per_class=8)
-    shardkit.convert(src, root / "local", workers=1, progress=False, **OPTIONS)
-    return src, _files(root / "local")
 
 
 @pytest.fixture
@@ -39,19 +25,24 @@ def prefix(s3):
     return f"s3://bucket/{uuid.uuid4().hex[:12]}"
 
 
-def test_convert_to_s3_writes_the_bytes_of_a_local_run_manifest_last(s3, tree, prefix, monkeypatch):
-    src, expected = tree
+@pytest.fixture(scope="module")
+def converted(local_run):
+    return local_run(8, seed=5, max_shard_samples=8)
+
+
+def test_convert_to_s3_writes_the_bytes_of_a_local_run_manifest_last(s3, converted, prefix, monkeypatch):
+    src, expected, options = converted
     order = []
     put_file = storage.put_file
     monkeypatch.setattr(storage, "put_file", lambda local, url, *a, **k: (order.append(str(url)), put_file(local, url, *a, **k))[1])
-    shardkit.convert(src, f"{prefix}/ds", storage_options=s3, workers=1, progress=False, **OPTIONS)
+    shardkit.convert(src, f"{prefix}/ds", storage_options=s3, workers=1, progress=False, **options)
     assert _remote_files(f"{prefix}/ds", s3) == expected
     published = [u.rsplit("/", 1)[1] for u in order if "/.shardkit" not in u]
     assert published[-1] == "manifest.json" and sorted(published[:-1]) == sorted(n for n in expected if n != "manifest.json")
 
 
-def test_an_interrupted_conversion_to_s3_resumes_and_reuses_uploaded_shards(s3, tree, prefix, monkeypatch):
-    src, expected = tree
+def test_an_interrupted_conversion_to_s3_resumes_and_reuses_uploaded_shards(s3, converted, prefix, monkeypatch):
+    src, expected, options = converted
     uploads = []
     put_file = storage.put_file
 
@@ -64,52 +55,52 @@ def test_an_interrupted_conversion_to_s3_resumes_and_reuses_uploaded_shards(s3, 
 
     monkeypatch.setattr(storage, "put_file", failing_put)
     with pytest.raises(KeyboardInterrupt):
-        shardkit.convert(src, f"{prefix}/ds", storage_options=s3, workers=1, progress=False, **OPTIONS)
+        shardkit.convert(src, f"{prefix}/ds", storage_options=s3, workers=1, progress=False, **options)
     assert not storage.exists(f"{prefix}/ds/manifest.json", s3)  # a reader never sees a half-written dataset
     first = list(uploads[:2])
     uploads.clear()
-    shardkit.convert(src, f"{prefix}/ds", storage_options=s3, workers=1, progress=False, **OPTIONS)
+    shardkit.convert(src, f"{prefix}/ds", storage_options=s3, workers=1, progress=False, **options)
     assert not set(first) & set(uploads)  # the shards already uploaded were reused
     assert _remote_files(f"{prefix}/ds", s3) == expected
 
 
-def test_convert_from_an_s3_source(s3, tree, prefix, tmp_path):
-    src, expected = tree
+def test_convert_from_an_s3_source(s3, converted, prefix, tmp_path):
+    src, expected, options = converted
     for rel, _ in storage.walk_files(src):
         storage.put_file(Path(src) / rel, f"{prefix}/src/{rel}", s3)
     manifest = shardkit.convert(f"{prefix}/src", tmp_path / "dst", storage_options=s3, workers=1, progress=False,
-                                **OPTIONS)
-    got = _files(tmp_path / "dst")
+                                **options)
+    got = dst_files(tmp_path / "dst")
     assert {k: v for k, v in got.items() if k.startswith("shard-")} == \
         {k: v for k, v in expected.items() if k.startswith("shard-")}
     assert manifest.samples == 24
 
 
 @pytest.mark.timeout(180)
-def test_convert_on_a_local_dask_cluster_gives_the_bytes_of_a_local_run(tree, tmp_path):
-    src, expected = tree
-    shardkit.convert(src, tmp_path / "dst", scheduler="local", workers=2, progress=False, **OPTIONS)
-    assert _files(tmp_path / "dst") == expected  # nothing about the cluster recorded, no temporary file left
+def test_convert_on_a_local_dask_cluster_gives_the_bytes_of_a_local_run(converted, tmp_path):
+    src, expected, options = converted
+    shardkit.convert(src, tmp_path / "dst", scheduler="local", workers=2, progress=False, **options)
+    assert dst_files(tmp_path / "dst") == expected  # nothing about the cluster recorded, no temporary file left
 
 
 @pytest.mark.timeout(180)
-def test_cli_scheduler_local(tree, tmp_path):
-    src, expected = tree
+def test_cli_scheduler_local(converted, tmp_path):
+    src, expected, options = converted
     result = CliRunner().invoke(cli, ["convert", str(src), str(tmp_path / "dst"), "--scheduler", "local",
                                       "--workers", "2", "--seed", "5", "--max-shard-samples", "8"])
     assert result.exit_code == 0, result.output
-    assert _files(tmp_path / "dst") == expected
+    assert dst_files(tmp_path / "dst") == expected
 
 
 @pytest.mark.timeout(180)
-def test_convert_with_a_client_survives_a_worker_killed_mid_shard(tree, tmp_path):
+def test_convert_with_a_client_survives_a_worker_killed_mid_shard(converted, tmp_path):
     from shardkit.convert.dask import open_client
     from test_dask import _kill_writer_of_shard
 
-    src, expected = tree
+    src, expected, options = converted
     marker = tmp_path / "killed"
     with open_client("local", workers=2) as client:
         client.run(_kill_writer_of_shard, 1, str(marker))
-        shardkit.convert(src, tmp_path / "dst", client=client, progress=False, **OPTIONS)
+        shardkit.convert(src, tmp_path / "dst", client=client, progress=False, **options)
     assert marker.exists()
-    assert _files(tmp_path / "dst") == expected
+    assert dst_files(tmp_path / "dst") == expected
