@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,9 +73,13 @@ def write_shard(plan: Plan, index: int, dst: Destination) -> ShardRecord:
         DestinationError: the shard cannot be written (disk full, ...); no file is left under its name.
         SourceError: a source record changed since it was planned.
     """
+    return _write(dst, index, (task() for task in shard_tasks(plan, index)))
+
+
+def _write(dst: Destination, index: int, results: Iterable[ChunkResult]) -> ShardRecord:
     with ShardWriter(dst, index) as writer:
-        for task in shard_tasks(plan, index):
-            writer.add(task())
+        for result in results:  # computed one at a time, so one chunk's members are held at once
+            writer.add(result)
         return writer.finish()
 
 
@@ -92,18 +96,17 @@ class ShardTask:
     chunks: tuple[ImageChunk, ...]
 
     def __call__(self) -> ShardRecord:
-        with ShardWriter(Destination(self.dst_path, self.storage_options), self.index) as writer:
-            for chunk in self.chunks:
-                writer.add(chunk())
-            return writer.finish()
+        return _write(self._dst(), self.index, (chunk() for chunk in self.chunks))
 
     def split(self) -> list[ImageChunk]:
         return [part for chunk in self.chunks for part in chunk.split()]
 
     def merge(self, results: list[ChunkResult]) -> ShardRecord:
-        with ShardWriter(Destination(self.dst_path, self.storage_options), self.index) as writer:
-            writer.add(ChunkResult.join(results))
-            return writer.finish()
+        return _write(self._dst(), self.index, results)
+
+    def _dst(self) -> Destination:
+        # rebuilt in the worker: a Destination made without entering takes no lock (see output.py)
+        return Destination(self.dst_path, self.storage_options)
 
 
 def run_shards(plan: Plan, dst: Destination, todo: list[int], pool: WorkerPool,

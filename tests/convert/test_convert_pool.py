@@ -83,3 +83,27 @@ def test_one_worker_converts_in_this_process(jpeg_tree, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pool_module, "ProcessPoolExecutor", no_processes)
     assert shardkit.convert(jpeg_tree, tmp_path / "out", workers=1, max_shard_samples=4).samples == 30
+
+
+def test_a_decoder_crash_inside_a_whole_shard_task_skips_only_that_image(jpeg_tree, tmp_path, monkeypatch):
+    """Images are written as whole shards in the workers; when one image kills its worker, the
+    shard is rebuilt from single images and only the killer is skipped."""
+    import shardkit
+    from shardkit.convert import images as images_module
+    from shardkit.convert import pool as pool_module
+
+    killer = jpeg_tree / "class01" / "img00004.jpg"
+    poison = killer.read_bytes()
+    encode = images_module.encode_image
+
+    def crashing_encode(data, **kwargs):
+        if data == poison:
+            os.kill(os.getpid(), signal.SIGKILL)  # as a segfaulting decoder would
+        return encode(data, **kwargs)
+
+    monkeypatch.setattr(images_module, "encode_image", crashing_encode)
+    monkeypatch.setattr(pool_module, "_start_method", lambda: "fork")  # the workers see the patch
+    manifest = shardkit.convert(jpeg_tree, tmp_path / "out", workers=2, max_shard_samples=6)
+    assert [e["path"] for e in manifest.skipped] == ["class01/img00004.jpg"]
+    assert "crashed" in manifest.skipped[0]["reason"]
+    assert manifest.samples == 29 and len(manifest.shards) == 5
