@@ -17,7 +17,7 @@ class Config:
     batch_size: int
     num_workers: int            # the same for every loader
     shards: int                 # shards the images are cut into (>= 4 per worker, as at scale)
-    remote_images: int          # subset streamed over HTTP (each file costs the latency once)
+    remote_images: int          # subset streamed over HTTP (each file costs the baseline the latency once)
     remote_latency: float       # seconds added before each HTTP answer
     sweep_workers: tuple[int, ...]
     sweep_rounds: int
@@ -46,6 +46,6 @@ def make_config(mode: str) -> Config:
                       sweep_workers=(1, cores, 2 * cores), sweep_rounds=1, memory_epochs=5, conversion_rounds=1)
     if mode == "full":
         return Config(mode, images=2000, classes=10, sequences=50_000, rounds=3, batch_size=64,
-                      num_workers=cores, shards=8 * cores, remote_images=640, remote_latency=0.02,
+                      num_workers=cores, shards=8 * cores, remote_images=2000, remote_latency=0.02,
                       sweep_workers=sweep, sweep_rounds=1, memory_epochs=20, conversion_rounds=2)
     raise ValueError(f"unknown mode {mode!r}: use smoke, quick or full")

@@ -69,6 +69,7 @@ def _cpu() -> tuple[float, float]:
 class Measurement:
     seconds: float
     items: int
+    first_seconds: float  # until the first item (a loader's start-up: workers, first requests)
     cpu_main: float
     cpu_children: float
     peak_rss: int
@@ -89,13 +90,16 @@ def measure(run: Callable[[], Iterable], count: Callable[[Any], int]) -> Measure
     with RSSSampler() as rss:
         start = time.perf_counter()
         iterable = run()
-        items, item = 0, None
+        items, item, first = 0, None, None
         for item in iterable:
+            if first is None:
+                first = time.perf_counter() - start
             items += count(item)
         seconds = time.perf_counter() - start
         del iterable, item  # joins the workers of a DataLoader iterator
     cpu1 = _cpu()
-    return Measurement(seconds, items, cpu1[0] - cpu0[0] - rss.cpu, cpu1[1] - cpu0[1], rss.peak)
+    return Measurement(seconds, items, seconds if first is None else first, cpu1[0] - cpu0[0] - rss.cpu,
+                       cpu1[1] - cpu0[1], rss.peak)
 
 
 @dataclass
@@ -132,6 +136,7 @@ class Outcome:
         rates = self.rates()
         items = sum(m.items for m in self.runs)
         row.update(rates=rates, min=min(rates), median=statistics.median(rates), max=max(rates),
+                   first_item_s=statistics.median(m.first_seconds for m in self.runs),
                    cpu_main_per=per * sum(m.cpu_main for m in self.runs) / items,
                    cpu_children_per=per * sum(m.cpu_children for m in self.runs) / items,
                    peak_rss_mb=max(m.peak_rss for m in self.runs) / 2**20,

@@ -31,6 +31,8 @@ def _ratio_table(section: dict[str, Any]) -> list[str]:
     extra = [(k, h, d) for k, h, d in (("stored_ratio", "stored × int32", 2),
                                         ("padding_efficiency", "padded efficiency", 2),
                                         ("mb_per_s", "MB/s", 1)) if any(k in r for r in section["rows"])]
+    if section.get("show_first"):
+        extra.append(("first_item_s", "first batch after (s)", 2))
     header = ["contender", f"median {unit}", "× baseline" if section["baseline"] else "", "min – max",
               f"CPU-s per {per} (main + workers)", "peak RSS MB"] + [h for _, h, _ in extra]
     lines = ["| " + " | ".join(h for h in header) + " |", "|" + "---|" * len(header)]

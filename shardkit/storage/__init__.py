@@ -21,6 +21,7 @@ from fsspec.asyn import AsyncFileSystem
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from . import fork as _fork  # noqa: F401 - makes fsspec's event loop safe in forked DataLoader workers
 from . import retry as _retry
 from .cache import ShardCache
 from .redact import safe_url, secrets_of

@@ -27,6 +27,7 @@ from .retry import DEFAULT_POLICY, RetryPolicy, call, cut_short, status
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 4 << 20
+FIRST_CHUNK_SIZE = 256 << 10  # the first range is short, so the first samples arrive one latency after the open
 READAHEAD = 2
 _MIN_PIECE = 64 << 10
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -105,7 +106,7 @@ class RangeReader(ReadStream):
         # A synchronous filesystem may not be thread-safe: fetch in the caller's thread.
         self._threaded = isinstance(fs, AsyncFileSystem)
         self._readahead = readahead if self._threaded else 0
-        self._pending: deque[Future] = deque()
+        self._pending: deque[tuple[Future, int]] = deque()  # (bytes, how many asked for)
         self._next = 0  # first byte not yet asked for
         self._buf = memoryview(b"")
         self._pos = 0  # bytes handed out
@@ -170,15 +171,17 @@ class RangeReader(ReadStream):
         first = self._fetch(0, self._chunk)
         self._next = len(first)
         self._size = len(first) if len(first) < self._chunk else self._object_size()
-        self._pending.append(_done(lambda: first))
+        self._pending.append((_done(lambda: first), len(first)))
 
     def _schedule(self) -> None:
         while len(self._pending) <= self._readahead and self._next < self._size:
-            end = min(self._size, self._next + self._chunk)
+            length = min(self._chunk, FIRST_CHUNK_SIZE) if self._next == 0 and self._threaded else self._chunk
+            end = min(self._size, self._next + length)
             if self._threaded:
-                self._pending.append(_pool().submit(self._fetch, self._next, end))
+                future = _pool().submit(self._fetch, self._next, end)
             else:
-                self._pending.append(_done(self._fetch, self._next, end))
+                future = _done(self._fetch, self._next, end)
+            self._pending.append((future, end - self._next))
             self._next = end
 
     def _refill(self) -> bool:
@@ -188,10 +191,9 @@ class RangeReader(ReadStream):
             self._schedule()
             if not self._pending:
                 return False
-        future = self._pending.popleft()
+        future, expected = self._pending.popleft()
         self._schedule()
         data = future.result()
-        expected = min(self._size, self._pos + self._chunk) - self._pos if self._size else 0
         if len(data) < expected:
             raise StorageError(f"{safe_url(self._url)}: the object ends at byte {self._pos + len(data)}, "
                                f"expected {self._size} bytes")
@@ -218,7 +220,7 @@ class RangeReader(ReadStream):
         return b"".join(parts)
 
     def close(self) -> None:
-        for future in self._pending:
+        for future, _ in self._pending:
             future.cancel()
         self._pending.clear()
         self._buf = memoryview(b"")

@@ -26,7 +26,7 @@ from torch.utils.data import IterableDataset
 
 from .decode import decode_image, decode_tokens
 from .partition import partition, samples_per_rank, worker_counts
-from .reader import ON_ERROR, ErrorLog, RawImage, ReadOptions, check_shards, read_pieces
+from .reader import ON_ERROR, ErrorLog, RawImage, ReadOptions, read_pieces
 from .sources import Source, resolve
 from .state import StreamState, current_worker, derive_seed, in_worker, resolve_world
 from ..errors import ShardError
@@ -60,6 +60,7 @@ class StreamingDataset(IterableDataset):
             from ``(seed, epoch)`` and changes every epoch.
         seed: a non-negative int; runs with the same seed see the same order.
         shuffle_buffer: samples held (undecoded) by each worker to shuffle; memory grows with it.
+            A worker's first sample goes out once a tenth of it is filled.
         rank, world_size: this process's place among the distributed ranks; by default
             ``torch.distributed``'s when it is initialised, else 0 and 1.
         drop_last: cut the epoch to a multiple of ``world_size`` instead of padding it by
@@ -209,11 +210,10 @@ class StreamingDataset(IterableDataset):
         if progress.finished or not pieces:
             progress.finished = True
             return
-        missing = check_shards(self.source, (p.shard for p in pieces), self.options.storage_options, errors)
         base = derive_seed(self.seed, epoch, self.rank, worker)
         if in_worker():
             seed_globals(base)
-        items = read_pieces(pieces, self.source, self.options, errors, missing)
+        items = read_pieces(pieces, self.source, self.options, errors)
         if self.shuffle and self.shuffle_buffer > 1:
             items = shuffle_buffer(items, self.shuffle_buffer, random.Random(base))
         if batcher is not None:
@@ -290,16 +290,26 @@ class BatchedStream(IterableDataset):
 
 
 def shuffle_buffer(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
-    """Items in a random order: each one out is drawn from a buffer of the next ``size``."""
+    """Items in a random order, each drawn from a buffer of at most ``size`` of the next items.
+
+    The first item goes out once a tenth of ``size`` is held, and the buffer then takes in two items
+    for each one out until it is full (webdataset's rule): the first batch waits for a tenth of
+    the buffer, not for all of it, which over a remote store is most of a worker's first shards.
+    """
+    initial = max(1, size // 10)
     buffer: list[Any] = []
     rand = rng.random
+    items = iter(items)
     for item in items:
+        buffer.append(item)
         if len(buffer) < size:
-            buffer.append(item)
-            continue
-        i = int(rand() * size)
-        buffer[i], item = item, buffer[i]
-        yield item
+            item = next(items, _END)
+            if item is not _END:
+                buffer.append(item)
+        if len(buffer) >= initial:
+            i = int(rand() * len(buffer))
+            buffer[i], buffer[-1] = buffer[-1], buffer[i]
+            yield buffer.pop()
     rng.shuffle(buffer)
     yield from buffer
 

@@ -121,18 +121,29 @@ def check_shards(source: Source, indices: Iterable[int], storage_options: dict[s
     return set(missing)
 
 
-def read_pieces(pieces: Iterable[Piece], source: Source, opts: ReadOptions, errors: ErrorLog,
-                missing: set[int] = frozenset()) -> Iterator[Any]:
+def read_pieces(pieces: Iterable[Piece], source: Source, opts: ReadOptions, errors: ErrorLog) -> Iterator[Any]:
     """Raw samples of the pieces, in order: :class:`RawImage` or ``(tokens array, label)``.
-    Pieces of ``missing`` shards are counted as dropped (``check_shards`` reported them)."""
+
+    Before the first sample, the pieces' shards are checked against the manifest
+    (:func:`check_shards`); the pieces of missing shards are counted as dropped (under ``"skip"``).
+    A remote first shard is already being fetched during the check, so the check's round trip
+    and the first shard's overlap instead of adding up.
+    """
     read = _image_samples if source.kind == "images" else _sequence_samples
-    for piece in pieces:
-        if piece.shard in missing:
-            errors.damaged(ShardError("the shard is missing", shard=source.shards[piece.shard].name),
-                           piece.stop - piece.start)
-    pieces = [p for p in pieces if p.shard not in missing]
+    pieces = list(pieces)
     ahead = None  # the next piece's shard, opened early: a remote open starts fetching at once,
-    try:          # so its first-byte latency passes while this shard is read
+    try:          # so its first-byte latency passes while the check runs or this shard is read
+        if pieces and storage.is_url(source.shards[pieces[0].shard].path):
+            ahead = _open(source.shards[pieces[0].shard], opts)
+        missing = check_shards(source, (p.shard for p in pieces), opts.storage_options, errors)
+        for piece in pieces:
+            if piece.shard in missing:
+                errors.damaged(ShardError("the shard is missing", shard=source.shards[piece.shard].name),
+                               piece.stop - piece.start)
+        if pieces and pieces[0].shard in missing and ahead is not None:
+            ahead.close()
+            ahead = None
+        pieces = [p for p in pieces if p.shard not in missing]
         for i, piece in enumerate(pieces):
             raw, ahead = ahead or _open(source.shards[piece.shard], opts), None
             following = pieces[i + 1] if i + 1 < len(pieces) else None

@@ -16,8 +16,9 @@ SIZES = {"empty.bin": 0, "small.bin": 1000, "big.bin": 300_000}
 
 @pytest.fixture(autouse=True)
 def small_ranges(monkeypatch):
-    """64 KB ranges, so objects of a few hundred KB span several requests."""
+    """64 KB ranges after a first one of 16 KB, so objects of a few hundred KB span several requests."""
     monkeypatch.setattr(remote, "CHUNK_SIZE", 64 << 10)
+    monkeypatch.setattr(remote, "FIRST_CHUNK_SIZE", 16 << 10)
 
 
 @pytest.fixture

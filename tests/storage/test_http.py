@@ -119,6 +119,16 @@ def test_credentials_never_appear_in_errors_or_logs(http, objects, fast_retry, c
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
+def test_the_first_range_is_short_and_the_rest_full_size(http, objects, fast_retry):
+    server, url = http()
+    data = objects["big.bin"]
+    with storage.open_shard(f"{url}/big.bin", size=len(data), retry=fast_retry) as f:
+        assert f.read() == data
+    spans = sorted(tuple(int(x) for x in r.split("=")[1].split("-")) for m, p, r in server.requests if m == "GET")
+    lengths = [stop - start + 1 for start, stop in spans]
+    assert lengths[0] == 16 << 10 and set(lengths[1:-1]) == {64 << 10} and sum(lengths) == len(data)
+
+
 def test_readahead_keeps_several_ranges_in_flight(http, objects, fast_retry):
     server, url = http(latency=0.1)
     data = objects["big.bin"]  # 5 ranges of 64 KB
