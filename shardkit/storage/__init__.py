@@ -276,7 +276,7 @@ def _upload_policy(policy: RetryPolicy, nbytes: int) -> RetryPolicy:
 
 def put_file(local_path: str | os.PathLike, url: str | os.PathLike, storage_options: Options = None, *,
              retry: RetryPolicy | None = None) -> None:
-    """Upload a local file to ``url`` in one piece (s3fs switches to multipart for large files).
+    """Upload a local file to ``url`` (s3fs uploads files of 100 MiB and more in 50 MiB parts).
 
     An object store shows the object only once it is complete. Raises StorageError.
     """

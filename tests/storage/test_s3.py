@@ -1,11 +1,13 @@
 """S3 through moto's server on 127.0.0.1: upload, list, read with retries, and errors without secrets."""
 
 import hashlib
+import os
 import uuid
 
 import pytest
 
 from shardkit import storage
+from shardkit.storage import remote
 from shardkit.errors import StorageError
 
 
@@ -67,6 +69,23 @@ def test_publish_uploads_whole_and_removes_the_temporary_file(s3, prefix, tmp_pa
     storage.publish(tmp, f"{prefix}/shard-000000.tar", s3)
     assert not tmp.exists()
     assert storage.read_bytes(f"{prefix}/shard-000000.tar", s3) == b"x" * 70_000
+
+
+def test_a_large_shard_is_uploaded_in_parts(s3, prefix, tmp_path, monkeypatch):
+    """s3fs uploads a file of at least twice its 50 MiB part size as a multipart upload; the object
+    is whole, and only appears once complete (the multipart ETag ends in -<parts>)."""
+    monkeypatch.setattr(remote, "CHUNK_SIZE", 8 << 20)  # read back in 13 ranges, not 1600
+    path = tmp_path / "shard-000000.tar"
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        for _ in range(101):
+            block = os.urandom(1 << 20)
+            digest.update(block)
+            f.write(block)
+    storage.put_file(path, f"{prefix}/shard-000000.tar", s3)
+    info = storage.info(f"{prefix}/shard-000000.tar", s3)
+    assert info["size"] == 101 << 20 and info["ETag"].strip('"').endswith("-3")
+    assert storage.sha256_of(f"{prefix}/shard-000000.tar", s3) == (101 << 20, digest.hexdigest())
 
 
 def test_publish_to_a_local_path_renames(tmp_path):
