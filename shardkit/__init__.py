@@ -17,6 +17,7 @@ _EXPORTS = {
     "DeviceLoader": "shardkit.stream.device",
     "Manifest": "shardkit.format.manifest",
     "ManifestError": "shardkit.errors",
+    "MissingExtraError": "shardkit.errors",
     "ShardError": "shardkit.errors",
     "ShardkitError": "shardkit.errors",
     "SourceError": "shardkit.errors",
@@ -47,8 +48,8 @@ def __dir__():
 
 if TYPE_CHECKING:  # pragma: no cover
     from .convert import convert
-    from .errors import (DestinationError, ManifestError, ShardError, ShardkitError, SourceError,
-                         StorageError)
+    from .errors import (DestinationError, ManifestError, MissingExtraError, ShardError, ShardkitError,
+                         SourceError, StorageError)
     from .format.manifest import Manifest
     from .inspect import load_manifest, verify
     from .stream.collate import BucketBatchSampler, image_collate, pad_collate

@@ -21,6 +21,7 @@ from fsspec.asyn import AsyncFileSystem
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from ..errors import MissingExtraError
 from . import fork as _fork  # noqa: F401 - makes fsspec's event loop safe in forked DataLoader workers
 from . import retry as _retry
 from .cache import ShardCache
@@ -45,13 +46,28 @@ def join(base: str | os.PathLike, name: str) -> str:
     return f"{base.rstrip('/')}/{name}" if is_url(base) else os.path.join(base, name)
 
 
+#: shardkit's extras that bring a protocol's fsspec implementation.
+_EXTRAS = {"s3": "s3", "s3a": "s3", "http": "http", "https": "http"}
+
+
 def filesystem(path: str | os.PathLike, storage_options: Options = None):
     """``(fs, path_in_fs)`` for a local path or URL.
 
     fsspec keeps one instance per process (and thread) for the same options, so a DataLoader
     worker forked after the main process used a URL gets its own, never the parent's.
+
+    Raises:
+        MissingExtraError: the protocol's implementation (s3fs, aiohttp, gcsfs, ...) is not
+            installed; the message says what to install.
     """
-    return url_to_fs(os.fspath(path), **(storage_options or {}))
+    try:
+        return url_to_fs(os.fspath(path), **(storage_options or {}))
+    except ImportError as err:
+        protocol = os.fspath(path).split("://", 1)[0].lower()
+        extra = _EXTRAS.get(protocol)
+        hint = f"pip install 'shardkit[{extra}]'" if extra else "install the package fsspec names"
+        raise MissingExtraError(f"{safe_url(path)}: {protocol}:// URLs need an optional "
+                                f"package ({err}): {hint}") from None
 
 
 def _remote(path: str | os.PathLike, storage_options: Options):
