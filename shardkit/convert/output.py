@@ -16,6 +16,7 @@ where the partial directory is a prefix and shards are staged in a local tempora
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -318,6 +319,8 @@ class Destination:
                 os.fsync(f.fileno())
             self.publish(tmp, name, folder)
         except OSError as err:
+            with contextlib.suppress(OSError):  # a full disk must not leave half a record behind
+                os.unlink(tmp)
             raise _space_error(err, what, self.path) from None
 
     def start(self, digest: str, kind: str, params: dict[str, Any]) -> None:

@@ -150,6 +150,28 @@ def test_full_disk_then_resume_gives_the_same_bytes(tmp_path, mount_tmpfs, monke
     assert dst_files(dst) == reference
 
 
+def test_a_record_that_does_not_fit_is_an_error_and_leaves_nothing_behind(tmp_path, mount_tmpfs, monkeypatch):
+    """ENOSPC while writing a shard's resume record (a tmpfs filled to the last byte; without root,
+    fsync raising ENOSPC instead): the error names the shard and no temporary file is left."""
+    import errno
+
+    from shardkit.convert.output import Destination, ShardRecord
+
+    small = mount_tmpfs("tiny", "64k") or tmp_path / "tiny"
+    with Destination(str(small / "out")) as dst:
+        if os.path.ismount(small):
+            with open(small / "filler", "wb", buffering=0) as filler, pytest.raises(OSError, match="space"):
+                while True:
+                    filler.write(b"x" * 4096)
+        else:
+            def no_space(fd):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            monkeypatch.setattr(os, "fsync", no_space)
+        with pytest.raises(DestinationError, match=r"no space left .*the record of shard-000001\.tar"):
+            dst.save_record(ShardRecord("shard-000001.tar", 4, 10_240, "0" * 64, []))
+        assert not [n for n in os.listdir(small / "out" / PARTIAL) if ".tmp-" in n]
+
+
 def test_kill_9_then_rerun_gives_the_bytes_of_an_uninterrupted_run(tmp_path):
     src = datagen.make_jpeg_tree(tmp_path / "src", classes=4, per_class=40)
     args = ["convert", str(src), None, "--workers", "1", "--max-shard-samples", "2", "--seed", "5"]
