@@ -5,7 +5,8 @@ retried on its own: a failed range is asked for again from its first byte, so th
 to the reader are exactly the object's, none twice and none skipped. After a failure the
 ranges shrink, so a connection that keeps dropping still makes progress. Up to ``readahead``
 ranges are in flight on background threads while the caller consumes the current one, which
-hides a per-request latency (a 20 ms first byte costs nothing at steady state).
+hides a per-request latency (a 20 ms first byte costs nothing at steady state); the first range
+is short, so the first bytes arrive one latency after the open, not after a whole range.
 """
 
 from __future__ import annotations
