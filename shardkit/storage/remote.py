@@ -3,7 +3,7 @@
 The object is fetched as consecutive byte ranges (``fs.cat_file(path, start, end)``), each one
 retried on its own: a failed range is asked for again from its first byte, so the bytes handed
 to the reader are exactly the object's, none twice and none skipped. After a failure the
-ranges shrink, so a connection that keeps dropping still makes progress. Up to ``readahead``
+ranges shrink, so a connection that keeps dropping still makes progress. Up to ``readahead + 1``
 ranges are in flight on background threads while the caller consumes the current one, which
 hides a per-request latency (a 20 ms first byte costs nothing at steady state); the first range
 is short, so the first bytes arrive one latency after the open, not after a whole range.
