@@ -1,5 +1,6 @@
 """Converted datasets streamed from S3 (moto) and from a faulty HTTP server: every sample exactly once."""
 
+import shutil
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -74,6 +75,24 @@ def test_stream_over_http_with_dropped_connections_and_503s_exactly_once(dataset
         assert _stream(url, 2, 2) == _expected()
     assert server.count("GET", "/manifest.json") >= 2  # the manifest itself met a fault and was retried
     assert server._dropped == 4 and server._failed == 4  # every fault was met, and survived
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_a_missing_first_shard_over_http_is_reported_before_the_first_sample(dataset, tmp_path, on_error):
+    """The first remote shard is opened while the shards are checked: a missing one is still the
+    check's clear error (raise), or its samples counted as dropped and the others read (skip)."""
+    served = Path(shutil.copytree(dataset, tmp_path / "served"))
+    (served / "shard-000000.tar").unlink()
+    with RangeHTTPServer(served) as url:
+        ds = StreamingDataset(url, shuffle=False, on_error=on_error)
+        if on_error == "raise":
+            with pytest.raises(shardkit.ManifestError, match=r"shard-000000\.tar is missing"):
+                next(iter(ds))
+            return
+        seen = Counter((tuple(tokens.tolist()), int(label)) for tokens, label in ds)
+    expected = _expected()
+    assert sum(seen.values()) == 100 and not seen - expected  # the other 5 shards, nothing invented
+    assert [e["dropped"] for e in ds.errors] == [20]
 
 
 def test_missing_remote_dataset_is_a_clear_error(dataset):
