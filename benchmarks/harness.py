@@ -31,11 +31,11 @@ def rss_tree(proc: psutil.Process) -> int:
 
 
 class RSSSampler:
-    """Samples :func:`rss_tree` of this process in a background thread: ``peak``, ``samples``, and
-    ``cpu``, the thread's own CPU seconds (taken out of the main process's figure)."""
+    """Samples :func:`rss_tree` of this process in a background thread: ``peak``, and ``cpu``, the
+    thread's own CPU seconds (taken out of the main process's figure)."""
 
     def __init__(self, interval: float = 0.1):
-        self.interval, self.peak, self.samples, self.cpu = interval, 0, [], 0.0
+        self.interval, self.peak, self.cpu = interval, 0, 0.0
         self._stop = threading.Event()
         self._proc = psutil.Process()
 
@@ -43,7 +43,6 @@ class RSSSampler:
         start = time.thread_time()
         while not self._stop.is_set():
             rss = rss_tree(self._proc)
-            self.samples.append(rss)
             self.peak = max(self.peak, rss)
             self._stop.wait(self.interval)
         self.cpu = time.thread_time() - start
@@ -113,13 +112,11 @@ class Contender:
     count: Callable[[Any], int] = lambda item: 1
     prepare: Callable[[], None] | None = None
     expected: int | None = None
-    note: str = ""
 
 
 @dataclass
 class Outcome:
     name: str
-    note: str
     runs: list[Measurement] = field(default_factory=list)
     error: str | None = None
 
@@ -129,7 +126,7 @@ class Outcome:
     def summary(self, baseline: "Outcome | None", per: int = 1000) -> dict[str, Any]:
         """min/median/max of the rate, ratio of medians against the baseline, CPU-s per ``per``
         items (main and children), peak RSS in MB."""
-        row: dict[str, Any] = {"contender": self.name, "note": self.note}
+        row: dict[str, Any] = {"contender": self.name}
         if self.error or not self.runs:
             row["error"] = self.error or "no run"
             return row
@@ -150,7 +147,7 @@ def compare(contenders: list[Contender], rounds: int) -> dict[str, Outcome]:
     """Run every contender ``rounds`` times, alternating (the order reverses every other round so
     no contender always follows the same one). A contender that raises is recorded with its error
     and not run again; the others go on."""
-    outcomes = {c.name: Outcome(c.name, c.note) for c in contenders}
+    outcomes = {c.name: Outcome(c.name) for c in contenders}
     for r in range(rounds):
         for c in (contenders if r % 2 == 0 else contenders[::-1]):
             outcome = outcomes[c.name]

@@ -1,6 +1,6 @@
 """shardkit's benchmarks, one command:
 
-    python benchmarks/run.py            # full run (about 15 min on 2 cores)
+    python benchmarks/run.py            # full run (about 7 min on 2 cores)
     python benchmarks/run.py --quick    # about a minute
     python benchmarks/run.py --smoke    # seconds: the test suite's check that the harness works
     python benchmarks/run.py --only images_warm sequences

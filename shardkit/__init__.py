@@ -31,7 +31,7 @@ _EXPORTS = {
     "verify": "shardkit.inspect",
 }
 __all__ = sorted(_EXPORTS)
-assert __all__ == sorted(set(__all__))
+assert list(_EXPORTS) == __all__, "keep _EXPORTS sorted"
 
 
 def __getattr__(name: str):

@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ManifestError, ShardError, StorageError
 from .format.manifest import MANIFEST_NAME, Manifest, ShardInfo
-from .format.records import IMAGE_EXTENSIONS, LABEL_EXT, META_EXT, TOKENS_EXT, decode_block, split_name
+from .format.records import IMAGE_EXTENSIONS, LABEL_EXT, META_EXT, TOKENS_EXT, decode_block, group_samples
 from .format.tar import iter_members
 from .storage import join, open_shard, read_bytes
 
@@ -100,21 +99,6 @@ class _Hashing:
         return data
 
 
-def _samples(members: Iterator, shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    key, group = None, {}
-    for member in members:
-        k, ext = split_name(member.name)
-        if k != key and group:
-            yield key, group
-            group = {}
-        key = k
-        if ext in group:
-            raise ShardError(f"duplicate member {member.name!r}", shard=shard, offset=member.offset)
-        group[ext] = member.data
-    if group:
-        yield key, group
-
-
 def _check_image(group: dict[str, bytes], shard: str, key: str, classes: list[str] | None) -> None:
     from PIL import Image
 
@@ -146,7 +130,7 @@ def _verify_shard(dst: str, info: ShardInfo, manifest: Manifest, storage_options
     samples = 0
     with open_shard(path, storage_options=storage_options) as raw:
         stream = _Hashing(raw)
-        for key, group in _samples(iter_members(stream, info.name, size=info.bytes), info.name):
+        for key, group in group_samples(iter_members(stream, info.name, size=info.bytes), info.name):
             if manifest.kind == "images":
                 _check_image(group, info.name, key, manifest.classes)
                 samples += 1

@@ -19,6 +19,7 @@ from .options import ConvertOptions
 from .output import ChunkResult, Destination, ShardRecord
 from .plan import Plan, digest, plan_images, plan_sequences
 from .pool import WorkerPool
+from .progress import progress_bar
 from .sequences import merge_scans, scan_ranges
 from .sources import detect_kind, list_images, list_sequences, skip_sort_key
 
@@ -75,11 +76,13 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str | None 
             log.info("%s already holds this conversion; nothing to do", dst)
             return done
         out.start(plan_digest, kind, opts.as_params())
-        with WorkerPool(workers) as pool:
+        on_dask = scheduler is not None or client is not None
+        # On Dask the shards are written by the cluster: local workers would only scan sequences.
+        with WorkerPool(1 if on_dask and kind == "images" else workers) as pool:
             plan = _make_plan(kind, source, opts, plan_digest, pool, show)
             if opts.strict and plan.skipped:
                 _fail_strict(out, plan.skipped)
-            if scheduler is not None or client is not None:
+            if on_dask:
                 records = _write_on_dask(plan, out, show, scheduler=scheduler, client=client, workers=workers)
             else:
                 records = _write(plan, out, pool, show)
@@ -159,24 +162,12 @@ def _fail_strict(out: Destination, skipped: list[dict[str, Any]]) -> None:
     raise SourceError(f"strict: {len(entries)} input(s) cannot be converted: {shown}{more}")
 
 
-def _bar(show: bool, total: int, unit: str, desc: str):
-    from tqdm import tqdm
-
-    class Bar(tqdm):
-        # tqdm's monitor thread would outlive the bar, and a process with a second thread no
-        # longer forks its conversion workers (see pool.py): a later convert() would spawn them
-        monitor_interval = 0
-
-    return Bar(total=total, unit=unit, unit_scale=True, desc=desc, disable=not show, dynamic_ncols=True,
-                leave=False)
-
-
 def _make_plan(kind: str, source, opts: ConvertOptions, plan_digest: str, pool: WorkerPool, show: bool) -> Plan:
     if kind == "images":
         return plan_images(source, opts, plan_digest)
     tasks = scan_ranges(source, opts.tokens_field, opts.label_field, pool.workers)
     results = []
-    with _bar(show, sum(f.size for f in source.files), "B", "scanning") as bar:
+    with progress_bar(show, sum(f.size for f in source.files), "B", "scanning") as bar:
         for result in pool.map(tasks):
             results.append(result)
             bar.update(tasks[len(results) - 1].end - tasks[len(results) - 1].start)
@@ -194,7 +185,7 @@ def _finished(plan: Plan, out: Destination) -> tuple[list[ShardRecord | None], l
 def _write(plan: Plan, out: Destination, pool: WorkerPool, show: bool) -> list[ShardRecord]:
     records, todo = _finished(plan, out)
     total = int(sum(len(plan.shard_positions(i)) for i in todo))
-    with _bar(show, total, "sample", "converting") as bar:
+    with progress_bar(show, total, "sample", "converting") as bar:
         state = {"bytes": 0, "t0": time.monotonic()}
 
         def on_chunk(chunk: ChunkResult) -> None:
@@ -205,9 +196,7 @@ def _write(plan: Plan, out: Destination, pool: WorkerPool, show: bool) -> list[S
             rate = state["bytes"] / max(time.monotonic() - state["t0"], 1e-6) / 1e6
             bar.set_postfix_str(f"{rate:.1f} MB/s", refresh=False)
 
-        def on_shard(record: ShardRecord) -> None:
-            if plan.options.strict and record.skipped:
-                _fail_strict(out, record.skipped)
+        def on_shard(record: ShardRecord) -> None:  # whole-shard tasks: never under strict
             bar.update(record.samples + len(record.skipped))
 
         for index, record in execute.run_shards(plan, out, todo, pool, on_chunk, on_shard):

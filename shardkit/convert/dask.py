@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import DestinationError, MissingExtraError
 from .output import Destination, ShardRecord
 from .plan import Plan
+from .progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,6 @@ def run_shards(plan: Plan, dst: Destination, todo: list[int], *, scheduler: str 
         DestinationError: a shard could not be written (the task's own error), or its workers kept dying.
         SourceError: a source record changed since it was planned.
     """
-    from tqdm import tqdm
-
     distributed = _distributed()
     if not todo:
         return
@@ -96,8 +95,7 @@ def run_shards(plan: Plan, dst: Destination, todo: list[int], *, scheduler: str 
         [plan_data] = c.scatter([plan], broadcast=True, hash=False)
         futures = {c.submit(_write_shard, plan_data, index, dst.path, dst.storage_options, key=f"shardkit-shard-{index:06d}-{run}",
                             retries=TASK_RETRIES, pure=False): index for index in todo}
-        bar = tqdm(total=len(todo), unit="shard", desc="converting", disable=not show, dynamic_ncols=True,
-                   leave=False)
+        bar = progress_bar(show, len(todo), "shard", "converting", scale=False)
         try:
             for future in distributed.as_completed(futures):
                 index = futures[future]

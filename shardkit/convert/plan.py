@@ -79,10 +79,6 @@ class Plan:
     def num_shards(self) -> int:
         return len(self.shard_starts) - 1
 
-    @property
-    def root(self) -> str:
-        return (self.images or self.sequences.source).root
-
     def shard_positions(self, index: int) -> range:
         return range(int(self.shard_starts[index]), int(self.shard_starts[index + 1]))
 

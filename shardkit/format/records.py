@@ -12,7 +12,9 @@ sequence, smallest unsigned dtype) and, when the source had labels, ``KEY.labels
 from __future__ import annotations
 
 import io
+import itertools
 import json
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -39,6 +41,24 @@ def split_name(name: str) -> tuple[str, str]:
     """``"000000012.tokens.npy"`` → ``("000000012", "tokens.npy")``, as webdataset groups members."""
     key, _, ext = name.partition(".")
     return key, ext
+
+
+def group_samples(members: Iterable[Any], shard: str | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Runs of consecutive tar members with the same key, as ``(key, {extension: bytes})``: one
+    sample each, as webdataset groups them.
+
+    Raises:
+        ShardError: (only when ``shard`` is given) a sample holding the same extension twice; without
+            ``shard`` the last one wins, as in webdataset.
+    """
+    named = ((split_name(m.name), m) for m in members)
+    for key, run in itertools.groupby(named, key=lambda item: item[0][0]):
+        group: dict[str, bytes] = {}
+        for (_, ext), member in run:
+            if shard is not None and ext in group:
+                raise ShardError(f"duplicate member {member.name!r}", shard=shard, offset=member.offset)
+            group[ext] = member.data
+        yield key, group
 
 
 def image_members(key: str, ext: str, image: bytes, label: int, meta: dict[str, Any]) -> list[tuple[str, bytes]]:

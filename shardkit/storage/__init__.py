@@ -140,8 +140,8 @@ def open_shard(path: str | os.PathLike, *, storage_options: Options = None,
 
     For a URL, the shard is fetched as consecutive byte ranges, a few in flight ahead of the
     reader; a dropped connection, a timeout, a 5xx or a throttling answer is retried with backoff
-    and the stream resumes at the byte reached, so every byte arrives exactly once. ``size`` and
-    ``sha256`` (from the manifest) save a request and check the cached copy. ``cache_dir`` keeps a
+    from the first byte of the request that failed, so every byte arrives exactly once. ``size``
+    and ``sha256`` (from the manifest) save a request and check the cached copy. ``cache_dir`` keeps a
     local copy of each remote shard, shared by all processes, at most ``cache_limit`` bytes
     (least recently used evicted); local shards are never cached.
 
@@ -206,7 +206,8 @@ def size(path: str | os.PathLike, storage_options: Options = None, *,
 
 def sizes(paths: list[str | os.PathLike], storage_options: Options = None, *,
           retry: RetryPolicy | None = None) -> list[int | None]:
-    """:func:`size` of each path, asked concurrently (a shard list's check costs one round trip, not N)."""
+    """:func:`size` of each path, asked concurrently (16 at a time: a shard list's check costs one
+    round trip per 16 shards, not one per shard)."""
     remotes = [_remote(p, storage_options) for p in paths]  # in this thread: one filesystem for all
 
     def one(pair):

@@ -43,5 +43,5 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with URLs made safe and every secret replaced by ``***``, cut to a readable length."""
     for secret in secrets:
         text = text.replace(secret, "***")
-    text = _QUERY.sub(r"\1", _USERINFO.sub(r"\1", text))
+    text = safe_url(text)
     return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "…"

@@ -1,13 +1,14 @@
 """Sequential reading of a remote object as ranged requests, retried, resumed and read ahead.
 
-The object is fetched as consecutive byte ranges (``fs.cat_file(path, start, end)``), each one
-retried on its own: a failed range is asked for again from its first byte, so the bytes handed
-to the reader are exactly the object's, none twice and none skipped. After a failure the
-ranges shrink, so a connection that keeps dropping still makes progress. Up to ``readahead + 1``
-ranges are in flight on background threads while the caller consumes the current one, which
-hides a per-request latency (a 20 ms first byte costs nothing at steady state); the first range
-is short, so the first bytes arrive one latency after the open, not after a whole range.
-"""
+The object is fetched as consecutive byte ranges (``fs.cat_file(path, start, end)``), each asked
+for in one or more requests ("pieces"), each piece retried on its own: a failed piece is asked
+for again from its first byte, so the bytes handed to the reader are exactly the object's, none
+twice and none skipped. After a failure the pieces shrink, so a connection that keeps dropping
+still makes progress. On an async filesystem (HTTP, S3, GCS) up to ``READAHEAD + 1`` ranges are
+in flight on background threads while the caller consumes the current one, which hides a
+per-request latency (a 20 ms first byte costs nothing at steady state); when the size is known,
+the first range is short, so the first bytes arrive one latency after the open, not after a
+whole range."""
 
 from __future__ import annotations
 
@@ -87,10 +88,9 @@ class ReadStream(io.RawIOBase):
 class RangeReader(ReadStream):
     """A read-only, forward-only stream over the remote object ``path`` of ``fs``.
 
-    ``size`` (from a manifest) saves a metadata request; without it the first range tells a small
-    object's size and a larger one's is asked for. ``chunk_size`` (default ``CHUNK_SIZE``) is the
-    length of one range. ``read(n)`` returns ``n`` bytes unless the
-    object ends first.
+    ``size`` (from a manifest) saves a metadata request; without it the first range (a whole
+    ``CHUNK_SIZE``, fetched at once) tells a small object's size and a larger one's is asked for.
+    ``read(n)`` returns ``n`` bytes unless the object ends first.
 
     Raises (from ``read``):
         StorageError: a range that failed after its retries, or an object shorter than ``size``.
@@ -98,15 +98,15 @@ class RangeReader(ReadStream):
 
     def __init__(self, fs: Any, path: str, url: str, *, size: int | None = None,
                  policy: RetryPolicy = DEFAULT_POLICY, secrets: tuple[str, ...] = (),
-                 chunk_size: int | None = None, readahead: int = READAHEAD, busy_not_found: bool = False) -> None:
+                 busy_not_found: bool = False) -> None:
         super().__init__()
         self._fs, self._path, self._url = fs, path, url
         self._size = size
         self._policy, self._secrets, self._busy_not_found = policy, secrets, busy_not_found
-        self._chunk = self._piece = chunk_size or CHUNK_SIZE
+        self._chunk = self._piece = CHUNK_SIZE
         # A synchronous filesystem may not be thread-safe: fetch in the caller's thread.
         self._threaded = isinstance(fs, AsyncFileSystem)
-        self._readahead = readahead if self._threaded else 0
+        self._readahead = READAHEAD if self._threaded else 0
         self._pending: deque[tuple[Future, int]] = deque()  # (bytes, how many asked for)
         self._next = 0  # first byte not yet asked for
         self._buf = memoryview(b"")

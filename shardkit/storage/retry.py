@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import http.client
 import logging
 import random
 import time
@@ -91,12 +92,7 @@ def _network_error_types() -> tuple[type[BaseException], ...]:
         types += [boto.HTTPClientError, boto.ConnectionError, boto.IncompleteReadError, boto.ResponseStreamingError]
     except (ImportError, AttributeError):
         pass
-    try:
-        import http.client
-
-        types.append(http.client.HTTPException)
-    except ImportError:
-        pass
+    types.append(http.client.HTTPException)
     return tuple(types)
 
 

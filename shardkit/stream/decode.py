@@ -66,6 +66,22 @@ def _png_header(data: bytes) -> tuple[int, int, int] | None:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"), data[24]
 
 
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a WebP's first chunk (VP8X canvas, VP8 frame or VP8L header), None
+    if it is not a WebP or the chunk is not one of those."""
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8X":  # extended (alpha, animation): the canvas, 24-bit fields minus one
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # lossy key frame
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    if chunk == b"VP8L" and data[20] == 0x2F:  # lossless: 14-bit fields minus one
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
 def _check_pixels(width: int, height: int, shard: str | None, member: str | None) -> None:
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and width * height > limit:
@@ -93,22 +109,20 @@ def decode_image(data: bytes, *, shard: str | None = None, member: str | None = 
             return _native_jpeg(data)
         except RuntimeError:
             return _decode_with_pil(data, shard, member)  # PIL may still read it, or says why not
-    png = _png_header(data)
+    png, webp = _png_header(data), _webp_size(data)
     if png is not None:
         _check_pixels(png[0], png[1], shard, member)
         if png[2] == 16:  # PIL's pixels for 16 bits differ from torchcodec's; keep ImageFolder's
             return _decode_with_pil(data, shard, member)
-    elif data[:4] != b"RIFF" or data[8:12] != b"WEBP":
-        return _decode_with_pil(data, shard, member)
+    elif webp is not None:
+        _check_pixels(*webp, shard, member)
+    else:
+        return _decode_with_pil(data, shard, member)  # PIL checks the size before it decodes
     try:
         image = _native_image(data, mode="RGB")
     except RuntimeError:
         return _decode_with_pil(data, shard, member)
-    if png is None:  # WebP: its header was not checked yet, and animations give N×C×H×W
-        _check_pixels(image.shape[-1], image.shape[-2], shard, member)
-        if image.ndim == 4:
-            image = image[0]
-    return image
+    return image[0] if image.ndim == 4 else image  # an animated WebP: its first frame
 
 
 def _decode_with_pil(data: bytes, shard: str | None, member: str | None) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 One chain per piece: open the shard (``storage.open_shard``, local or remote, in the process
 that reads), expand its members (``format.tar.iter_members``), group them by key
-(``format.records.split_name``), build samples, keep those of the piece's range.
+(``format.records.group_samples``), build samples, keep those of the piece's range.
 
 A sample's index in a shard is its ordinal among the member groups (images) or the running
 count of sequences over the blocks whose lengths can be read (sequences). Damage that makes a
@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from .. import storage
 from ..errors import ManifestError, ShardError
-from ..format.records import LABEL_EXT, LENGTHS_EXT, decode_block, load_npy, split_name
+from ..format.records import LABEL_EXT, LENGTHS_EXT, decode_block, group_samples, load_npy
 from ..format.tar import iter_members
 from .partition import Piece
 from .sources import WDS_IMAGE_EXTENSIONS, ShardRef, Source
@@ -179,27 +179,13 @@ def _read_shard(raw, source: Source, ref: ShardRef, start: int, stop: int, read,
         stream = _Hashing(raw) if opts.verify and ref.sha256 else raw
         members = iter_members(stream, ref.name, size=ref.size,
                                on_damage=None if errors.policy == "raise" else on_damage)
-        found = yield from read(_groups(members), source, ref, start, stop, errors, where)
+        found = yield from read(group_samples(members), source, ref, start, stop, errors, where)
         if found < stop:
             where.inside = True
             errors.damaged(ShardError(f"ends after {found} samples, expected {ref.samples}", shard=ref.name),
                            stop - max(found, start))
         elif isinstance(stream, _Hashing):
             stream.finish(ref, errors)
-
-
-def _groups(members) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Runs of consecutive members with the same key, as ``(key, {extension: bytes})``."""
-    key, group = None, {}
-    for member in members:
-        k, ext = split_name(member.name)
-        if k != key:
-            if group:
-                yield key, group
-            key, group = k, {}
-        group[ext] = member.data
-    if group:
-        yield key, group
 
 
 def _image_samples(groups, source: Source, ref: ShardRef, start: int, stop: int, errors: ErrorLog,

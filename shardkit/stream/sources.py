@@ -91,19 +91,13 @@ def _webdataset(paths: list[str], storage_options: dict[str, Any] | None,
 
 
 def _stat(path: str, storage_options: dict[str, Any] | None) -> tuple[int, str]:
-    """``(size, a version stamp)`` of a shard: its mtime locally, whatever the store offers remotely."""
-    if not storage.is_url(path) or path.startswith("file://"):
-        local = path.split("://", 1)[-1]
-        try:
-            st = os.stat(local)
-        except OSError as err:
-            raise SourceError(f"cannot read shard {path}: {err.strerror or err}") from None
-        return st.st_size, str(st.st_mtime_ns)
-    fs, fspath = storage.filesystem(path, storage_options)
+    """``(size, a version stamp)`` of a shard: its mtime locally, whatever the store offers remotely
+    (asked with ``storage``'s retries; the message of a failure carries no credentials)."""
     try:
-        info = fs.info(fspath)
+        info = storage.info(path, storage_options)
     except (OSError, StorageError) as err:
-        raise SourceError(f"cannot read shard {storage.safe_url(path)}: {err}") from None
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+        raise SourceError(f"cannot read shard {storage.safe_url(path)}: {reason}") from None
     stamp = next((str(info[k]) for k in ("mtime", "LastModified", "last_modified", "ETag", "etag") if k in info), "")
     return int(info["size"]), stamp
 

@@ -6,8 +6,6 @@ import io
 import json
 import os
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -45,15 +43,6 @@ def read_sequences(dst) -> list[tuple[list[int], int]]:
         for i in range(len(offsets) - 1):
             seqs.append((tokens[offsets[i]:offsets[i + 1]].tolist(), -1 if labels is None else int(labels[i])))
     return seqs
-
-
-def run_cli(*args, check=None, **kwargs) -> subprocess.CompletedProcess:
-    """``python -m shardkit ARGS`` in a subprocess, text output captured."""
-    proc = subprocess.run([sys.executable, "-m", "shardkit", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, timeout=120, **kwargs)
-    if check is not None:
-        assert proc.returncode == check, proc.stdout + proc.stderr
-    return proc
 
 
 def png_header(width: int, height: int) -> bytes:

@@ -82,18 +82,17 @@ def test_lock_refuses_a_concurrent_conversion(jpeg_tree, tmp_path):
     assert not (dst / PARTIAL).exists()
 
 
-def test_two_cli_conversions_at_once_one_is_refused(jpeg_tree, tmp_path):
-    args = [sys.executable, "-m", "shardkit", "convert", str(jpeg_tree), str(tmp_path / "out"),
-            "--workers", "1", "--max-shard-samples", "1"]
-    procs = [subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
-    codes = sorted(rc for rc, _ in results)
-    if codes == [0, 0]:  # the first may finish before the second starts: then the second was a no-op
-        assert manifest_doc(tmp_path / "out")["samples"] == 30
-    else:
-        assert codes == [0, 1] and any("another conversion" in err for _, err in results)
-    assert manifest_doc(tmp_path / "out")["samples"] == 30
+def test_a_cli_conversion_is_refused_while_another_holds_the_lock(jpeg_tree, tmp_path):
+    dst = tmp_path / "out"
+    args = [sys.executable, "-m", "shardkit", "convert", str(jpeg_tree), str(dst), "--workers", "1",
+            "--max-shard-samples", "1"]
+    (dst / PARTIAL).mkdir(parents=True)
+    with open(dst / PARTIAL / "lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running conversion holds
+        refused = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "another conversion" in refused.stderr
+    assert subprocess.run(args, cwd=REPO, capture_output=True, timeout=120).returncode == 0
+    assert manifest_doc(dst)["samples"] == 30
 
 
 def test_unusable_destination_is_an_error_before_any_work(jpeg_tree, tmp_path, mount_tmpfs):

@@ -1,5 +1,6 @@
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,12 @@ def http(tmp_path, objects):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def prefix(s3):
+    """A fresh prefix in the shared bucket."""
+    return f"s3://bucket/{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ These go through ``shardkit.convert``'s own arguments (``storage_options=``, an 
 DST, ``scheduler=``, ``client=``) and the CLI's ``--scheduler``.
 """
 
-import uuid
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,6 @@ from shardkit.cli import cli
 
 def _remote_files(url, options) -> dict[str, bytes]:
     return {rel: storage.read_bytes(storage.join(url, rel), options) for rel, _ in storage.walk_files(url, options)}
-
-
-@pytest.fixture
-def prefix(s3):
-    return f"s3://bucket/{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="module")

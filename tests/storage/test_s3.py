@@ -2,19 +2,12 @@
 
 import hashlib
 import os
-import uuid
 
 import pytest
 
 from shardkit import storage
 from shardkit.storage import remote
 from shardkit.errors import StorageError
-
-
-@pytest.fixture
-def prefix(s3):
-    """A fresh prefix in the shared bucket."""
-    return f"s3://bucket/{uuid.uuid4().hex[:12]}"
 
 
 def test_put_list_read_remove(s3, prefix, tmp_path, objects):

@@ -30,14 +30,13 @@ def rank_ids(root, rank, world_size, num_workers, drop_last=False, **kwargs):
 @pytest.mark.parametrize("world_size", [1, 2, 3])
 @pytest.mark.parametrize("num_workers", [0, 1, 3])
 def test_exactly_once_across_ranks_and_workers(seq_root, world_size, num_workers):
-    seen, counts = Counter(), []
+    seen = Counter()
     for rank in range(world_size):
         ids, length = rank_ids(seq_root, rank, world_size, num_workers)
         assert len(ids) == length == -(-N_SEQ // world_size), "every rank yields len(dataset) samples"
-        counts.append(len(ids))
         seen.update(ids)
     assert set(seen) == set(range(N_SEQ))
-    assert sum(seen.values()) - N_SEQ == world_size * counts[0] - N_SEQ, "only padding repeats"
+    assert max(seen.values()) <= 2, "only padding repeats, each sample at most once"
 
 
 def test_drop_last_cuts_to_equal_counts(seq_root):

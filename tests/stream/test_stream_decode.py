@@ -75,11 +75,24 @@ def test_decompression_bombs_are_refused_before_decoding(monkeypatch, fmt):
     def must_not_run(*args, **kwargs):
         raise AssertionError("decoded before the size check")
     monkeypatch.setattr(decode_module, "_native_jpeg", must_not_run)
-    monkeypatch.setattr(decode_module, "_native_image", lambda data, mode: must_not_run() if fmt == "PNG" else
-                        torch.zeros(3, 64, 64, dtype=torch.uint8))
+    monkeypatch.setattr(decode_module, "_native_image", must_not_run)
     with pytest.raises(ShardError, match="4096 pixels exceeds the decompression-bomb limit"):
         decode_image(data, shard="s.tar", member="k.img")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # disabled, as PIL allows
+
+
+WEBP_KINDS = {"lossy": ("RGB", {"quality": 80}), "lossless": ("RGB", {"lossless": True}),
+              "alpha": ("RGBA", {"quality": 80}), "animated": ("RGB", {"save_all": True, "frames": 2})}
+
+
+@pytest.mark.parametrize("mode, options", WEBP_KINDS.values(), ids=WEBP_KINDS.keys())
+def test_webp_size_is_read_from_the_header(mode, options):
+    """The size checked before decoding, from each kind of first chunk (VP8, VP8L, VP8X)."""
+    options = dict(options)
+    frames = [Image.new(mode, (123, 45)) for _ in range(options.pop("frames", 1))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="WEBP", append_images=frames[1:], **options)
+    assert decode_module._webp_size(buf.getvalue()) == (123, 45)
+    assert decode_module._webp_size(encode("RGB", "PNG")) is None
 
 
 @pytest.mark.parametrize("data", [b"", b"not an image", encode("RGB", "PNG")[:60]], ids=["empty", "text", "truncated-png"])

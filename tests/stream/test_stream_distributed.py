@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
+
+from servers import free_port
 
 WORKER = textwrap.dedent("""
     import json, sys
@@ -36,12 +37,6 @@ WORKER = textwrap.dedent("""
             json.dump(everything, f)
     dist.destroy_process_group()
 """)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_gloo_ranks_see_every_sample_once(seq_root, tmp_path):

@@ -29,9 +29,9 @@ def _peak_per_epoch(root, epochs: int, buffer: int) -> list[int]:
     peaks = []
     tracemalloc.start()
     try:
+        base = tracemalloc.get_traced_memory()[0]  # once: what an epoch keeps counts in the next ones
         for _ in range(epochs):
             tracemalloc.reset_peak()
-            base = tracemalloc.get_traced_memory()[0]
             count = sum(1 for _ in dataset)
             assert count == len(dataset)
             peaks.append(tracemalloc.get_traced_memory()[1] - base)
