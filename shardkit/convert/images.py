@@ -20,9 +20,8 @@ from typing import Any
 from PIL import Image
 
 from .. import storage
-from ..format.records import PASSTHROUGH_FORMATS, image_members, sample_key
+from ..format.records import PASSTHROUGH_FORMATS, image_members, image_meta, sample_key
 from .output import ChunkResult
-from .plan import image_meta
 from .sources import skip_entry
 
 #: MPO is a JPEG with extra frames (many phone cameras): every JPEG decoder reads its first frame.

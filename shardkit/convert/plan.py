@@ -15,27 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from ..format.records import BLOCK_TOKEN_BYTES, smallest_signed, smallest_unsigned
-from ..format.tar import BLOCK, END_OF_ARCHIVE
+from ..format.records import (BLOCK_TOKEN_BYTES, image_meta, label_member, meta_member, smallest_signed,
+                               smallest_unsigned)
+from ..format.tar import BLOCK, END_OF_ARCHIVE, entry_bytes
 from .options import ConvertOptions
 from .sources import ImageSource, SequenceSource
 
 NPY_HEADER = 128  # np.save's header for a 1-D array (a test checks it)
 _BLOCK_OVERHEAD = 3 * (BLOCK + NPY_HEADER + BLOCK - 1)  # three members, worst-case padding
-
-
-def tar_entry_bytes(size: int | np.ndarray) -> int | np.ndarray:
-    """Bytes one member of ``size`` bytes takes in a tar: its header plus data padded to 512."""
-    return BLOCK + size + (-size % BLOCK)
-
-
-def image_meta(path: str, label: int, class_name: str) -> dict[str, Any]:
-    """The ``KEY.json`` record of an image sample."""
-    return {"path": path, "label": label, "class": class_name}
-
-
-def meta_bytes(meta: dict[str, Any]) -> int:
-    return len(json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())
 
 
 @dataclass
@@ -127,8 +114,8 @@ def plan_images(source: ImageSource, options: ConvertOptions, digest_: str) -> P
     """Shuffle the listed images and cut them into shards by count and estimated bytes (the
     source file as stored, plus the label and metadata members; exact for pass-through formats)."""
     order = sample_order(len(source.items), options)
-    per_sample = np.array([tar_entry_bytes(item.size) + tar_entry_bytes(1 + len(str(item.label)))
-                           + tar_entry_bytes(meta_bytes(image_meta(item.path, item.label, source.classes[item.label])))
+    per_sample = np.array([entry_bytes(item.size) + entry_bytes(len(label_member(item.label)))
+                           + entry_bytes(len(meta_member(image_meta(item.path, item.label, source.classes[item.label]))))
                            for item in source.items], dtype=np.int64)
     starts = cut(per_sample[order] if len(order) else per_sample, options.max_shard_size, options.max_shard_samples)
     return Plan("images", options, digest_, order, starts, list(source.skipped), images=source)
@@ -136,11 +123,11 @@ def plan_images(source: ImageSource, options: ConvertOptions, digest_: str) -> P
 
 def block_bytes(ntokens: np.ndarray, labels: np.ndarray | None, dtype: np.dtype) -> int:
     """Exact tar bytes of one token block (``records.block_members``) holding these sequences."""
-    size = tar_entry_bytes(NPY_HEADER + int(ntokens.sum()) * dtype.itemsize)
-    size += tar_entry_bytes(NPY_HEADER + len(ntokens) * smallest_unsigned(int(ntokens.max())).itemsize)
+    size = entry_bytes(NPY_HEADER + int(ntokens.sum()) * dtype.itemsize)
+    size += entry_bytes(NPY_HEADER + len(ntokens) * smallest_unsigned(int(ntokens.max())).itemsize)
     if labels is not None:
         label_dtype = smallest_signed(int(labels.min()), int(labels.max()))
-        size += tar_entry_bytes(NPY_HEADER + len(labels) * label_dtype.itemsize)
+        size += entry_bytes(NPY_HEADER + len(labels) * label_dtype.itemsize)
     return int(size)
 
 

@@ -61,10 +61,25 @@ def group_samples(members: Iterable[Any], shard: str | None = None) -> Iterator[
         yield key, group
 
 
+def image_meta(path: str, label: int, class_name: str) -> dict[str, Any]:
+    """The ``KEY.json`` record of an image sample."""
+    return {"path": path, "label": label, "class": class_name}
+
+
+def label_member(label: int) -> bytes:
+    """The bytes of a ``KEY.cls`` member."""
+    return str(label).encode()
+
+
+def meta_member(meta: dict[str, Any]) -> bytes:
+    """The bytes of a ``KEY.json`` member."""
+    return json.dumps(meta, ensure_ascii=False, sort_keys=True).encode()
+
+
 def image_members(key: str, ext: str, image: bytes, label: int, meta: dict[str, Any]) -> list[tuple[str, bytes]]:
     """The ``(name, bytes)`` members of one image sample: the image, its label, its metadata."""
-    return [(f"{key}.{ext}", image), (f"{key}.{LABEL_EXT}", str(label).encode()),
-            (f"{key}.{META_EXT}", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())]
+    return [(f"{key}.{ext}", image), (f"{key}.{LABEL_EXT}", label_member(label)),
+            (f"{key}.{META_EXT}", meta_member(meta))]
 
 
 def smallest_unsigned(largest: int) -> np.dtype:

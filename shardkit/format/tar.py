@@ -73,6 +73,12 @@ def padding(size: int) -> bytes:
     return b"\0" * (-size % BLOCK)
 
 
+def entry_bytes(size):
+    """Bytes a member of ``size`` data bytes takes in a tar: its header plus its data padded to a
+    block (``size`` may be a NumPy array of sizes)."""
+    return BLOCK + size + (-size % BLOCK)
+
+
 class TarWriter:
     """Writes members to a binary stream as a USTAR tar; ``close()`` adds the end-of-archive blocks.
 
@@ -337,7 +343,7 @@ class _Reader:
 
         ``silent``: pass the member over without a report (its damage was reported already)."""
         if info.type in _META:
-            self.meta_bytes += BLOCK + info.size + (-info.size % BLOCK)
+            self.meta_bytes += entry_bytes(info.size)
             # one report for a run of headers over the bound, at the first one over it
             return info.name, info.size, self.meta_bytes > MAX_META_SIZE and "damaged" in self.pending, MAX_META_SIZE
         pending, self.pending, self.meta_bytes = self.pending, {}, 0
