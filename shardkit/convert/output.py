@@ -30,13 +30,12 @@ from typing import Any
 
 from .. import storage
 from ..errors import DestinationError
-from ..format.manifest import MANIFEST_NAME, shard_name
+from ..format.manifest import MANIFEST_NAME, shard_index, shard_name
 from ..format.tar import TarWriter
 
 PARTIAL = ".shardkit-partial"
 PLAN_NAME = "plan.json"
 LOCK_NAME = "lock"
-_SHARD_PREFIX, _SHARD_SUFFIX = "shard-", ".tar"
 
 
 @dataclass
@@ -145,9 +144,13 @@ class ShardWriter:
         return record
 
 
+def _record_name(shard: str) -> str:
+    """``shard-000003.tar`` → ``shard-000003.json``, its record in the partial directory."""
+    return shard.removesuffix(".tar") + ".json"
+
+
 def _is_shardkit_file(name: str) -> bool:
-    return name in (MANIFEST_NAME, PARTIAL) or (name.startswith(_SHARD_PREFIX) and name.endswith(_SHARD_SUFFIX)
-                                                 and name[len(_SHARD_PREFIX):-len(_SHARD_SUFFIX)].isdigit())
+    return name in (MANIFEST_NAME, PARTIAL) or shard_index(name) is not None
 
 
 class Destination:
@@ -328,7 +331,7 @@ class Destination:
                           PLAN_NAME, self.partial)
 
     def save_record(self, record: ShardRecord) -> None:
-        self._write_small(record.name.replace(_SHARD_SUFFIX, ".json"),
+        self._write_small(_record_name(record.name),
                           json.dumps(asdict(record), sort_keys=True, ensure_ascii=False),
                           f"the record of {record.name}", self.partial)
 
@@ -336,7 +339,7 @@ class Destination:
         """The record of shard ``index`` if it was finished by an earlier run of the same plan and
         its file is intact (same size and sha256)."""
         name = shard_name(index)
-        text = self._read_text(storage.join(self.partial, name.replace(_SHARD_SUFFIX, ".json")))
+        text = self._read_text(storage.join(self.partial, _record_name(name)))
         if text is None:
             return None
         try:
@@ -350,7 +353,7 @@ class Destination:
     def remove_extra_shards(self, count: int) -> None:
         """Shards numbered ``count`` and above belong to no plan of this run."""
         for name in self.shard_files():
-            if int(name[len(_SHARD_PREFIX):-len(_SHARD_SUFFIX)]) >= count:
+            if shard_index(name) >= count:
                 self._remove(storage.join(self.path, name))
 
     def write_manifest(self, text: str) -> None:

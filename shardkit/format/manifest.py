@@ -18,7 +18,7 @@ FORMAT_NAME = "shardkit"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = "shard-{index:06d}.tar"
-_SHARD_NAME = re.compile(r"shard-[0-9]{6,}\.tar\Z")
+_SHARD_NAME = re.compile(r"shard-([0-9]{6,})\.tar\Z")
 Kind = Literal["images", "sequences"]
 KINDS = ("images", "sequences")
 
@@ -26,6 +26,12 @@ KINDS = ("images", "sequences")
 def shard_name(index: int) -> str:
     """The file name of shard ``index``: ``shard-000012.tar``."""
     return SHARD_PATTERN.format(index=index)
+
+
+def shard_index(name: str) -> int | None:
+    """The index in a shard's file name (``shard-000012.tar`` → 12), None for any other name."""
+    match = _SHARD_NAME.match(name)
+    return int(match[1]) if match else None
 
 
 @dataclass(frozen=True)
