@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import DestinationError, ManifestError, SourceError
 from ..format.manifest import KINDS, MANIFEST_NAME, Manifest, ShardInfo
-from ..storage import is_url, join
+from ..storage import is_url, join, walk_files
 from . import execute
 from .options import ConvertOptions
 from .output import ChunkResult, Destination, ShardRecord
@@ -63,14 +63,18 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str | None 
     show = sys.stderr.isatty() if progress is None else progress
     started = time.monotonic()
 
-    kind = kind or detect_kind(src, storage_options)
+    # A URL is listed once, for both questions: a LIST of a large prefix is thousands of requests.
+    remote_files = walk_files(src, storage_options) if is_url(src) and kind != "sequences" else None
+    kind = kind or detect_kind(src, storage_options, remote_files=remote_files)
     if kind == "sequences" and is_url(src):
         raise SourceError(f"{src}: sequence files are read at random offsets, which remote storage does "
                           f"not serve well; copy them to a local disk first")
     _refuse_dst_inside_src(src, dst, kind)
     with Destination(dst, storage_options) as out:
-        source = list_images(src, storage_options) if kind == "images" else list_sequences(src)
-        plan_digest = digest(kind, opts, source.listing())
+        source = (list_images(src, storage_options, remote_files=remote_files) if kind == "images"
+                  else list_sequences(src))
+        listing = source.listing()
+        plan_digest = digest(kind, opts, listing)
         done = _check_destination(out, plan_digest, overwrite)
         if done is not None:
             log.info("%s already holds this conversion; nothing to do", dst)
@@ -89,7 +93,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str | None 
         manifest = _manifest(plan, records)
         # The digest lets a re-run recognise this conversion (and refuse any other) from the
         # manifest alone; file count and bytes tell a reader what was converted.
-        listing = source.listing()
         manifest.source = {"files": len(listing), "bytes": sum(max(size, 0) for _, size in listing),
                            "digest": plan_digest}
         out.write_manifest(manifest.to_json())

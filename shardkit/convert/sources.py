@@ -98,7 +98,8 @@ def _walk(top: str, errors: list[OSError]):
         yield root, dirs, files
 
 
-def list_images(root: str, storage_options: dict[str, Any] | None = None) -> ImageSource:
+def list_images(root: str, storage_options: dict[str, Any] | None = None, *,
+                remote_files: list[tuple[str, int]] | None = None) -> ImageSource:
     """The files, classes and labels ``torchvision.datasets.ImageFolder(root, allow_empty=True)``
     would use, in its order, with each file's size.
 
@@ -106,13 +107,14 @@ def list_images(root: str, storage_options: dict[str, Any] | None = None) -> Ima
     limit are listed in ``skipped``, as are directories that cannot be read.
 
     ``root`` may be an fsspec URL: its class folders are the prefixes holding files (an object
-    store has no empty folders).
+    store has no empty folders). ``remote_files``: its ``walk_files`` listing, when already made.
 
     Raises:
         SourceError: ``root`` has no class folder, or no file with an image extension.
     """
     if is_url(root):
-        return _list_remote_images(root, storage_options)
+        return _list_remote_images(root, remote_files if remote_files is not None else walk_files(root, storage_options),
+                                   storage_options)
     try:
         classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     except OSError as err:
@@ -148,8 +150,7 @@ def list_images(root: str, storage_options: dict[str, Any] | None = None) -> Ima
     return ImageSource(root, classes, items, skipped)
 
 
-def _list_remote_images(root: str, storage_options: dict[str, Any] | None) -> ImageSource:
-    files = walk_files(root, storage_options)
+def _list_remote_images(root: str, files: list[tuple[str, int]], storage_options: dict[str, Any] | None) -> ImageSource:
     classes = sorted({path.split("/", 1)[0] for path, _ in files if "/" in path})
     if not classes:
         raise SourceError(f"found no class folder in {root}: an ImageFolder tree is SRC/<class>/<image>")
@@ -224,9 +225,11 @@ def list_sequences(src: str) -> SequenceSource:
     return SequenceSource(root, files)
 
 
-def detect_kind(src: str, storage_options: dict[str, Any] | None = None) -> Kind:
+def detect_kind(src: str, storage_options: dict[str, Any] | None = None, *,
+                remote_files: list[tuple[str, int]] | None = None) -> Kind:
     """``"images"`` for an ImageFolder tree (class folders holding image files), ``"sequences"``
-    for a ``.jsonl``/``.txt`` file, a glob, or a directory of such files.
+    for a ``.jsonl``/``.txt`` file, a glob, or a directory of such files. ``remote_files``: the
+    ``walk_files`` listing of a URL, when already made.
 
     Raises:
         SourceError: ``src`` does not exist or holds neither.
@@ -234,7 +237,8 @@ def detect_kind(src: str, storage_options: dict[str, Any] | None = None) -> Kind
     if is_url(src):
         if sequence_format(src):
             return "sequences"
-        names = [path for path, _ in walk_files(src, storage_options)]
+        files = remote_files if remote_files is not None else walk_files(src, storage_options)
+        names = [path for path, _ in files]
         if any("/" in n and has_image_extension(n) for n in names):
             return "images"
         if any(sequence_format(n) for n in names):

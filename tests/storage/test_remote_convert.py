@@ -70,6 +70,16 @@ def test_convert_from_an_s3_source(s3, converted, prefix, tmp_path):
     assert manifest.samples == 24
 
 
+@pytest.mark.parametrize("where, kind", [("file", None), ("file", "sequences"), ("prefix", None)])
+def test_remote_sequence_files_are_refused_with_the_reason(s3, prefix, tmp_path, where, kind):
+    (tmp_path / "train.jsonl").write_text('{"tokens": [1, 2, 3]}\n')
+    storage.put_file(tmp_path / "train.jsonl", f"{prefix}/seq/train.jsonl", s3)
+    src = f"{prefix}/seq/train.jsonl" if where == "file" else f"{prefix}/seq"
+    with pytest.raises(shardkit.SourceError, match="read at random offsets.*copy them to a local disk"):
+        shardkit.convert(src, tmp_path / "dst", kind=kind, storage_options=s3, workers=1, progress=False)
+    assert not (tmp_path / "dst").exists()
+
+
 @pytest.mark.timeout(180)
 def test_convert_on_a_local_dask_cluster_gives_the_bytes_of_a_local_run(converted, tmp_path):
     src, expected, options = converted
