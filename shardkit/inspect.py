@@ -10,12 +10,10 @@ from typing import Any
 
 from .errors import ManifestError, ShardError, StorageError
 from .format.manifest import MANIFEST_NAME, Manifest, ShardInfo
-from .format.records import IMAGE_EXTENSIONS, LABEL_EXT, META_EXT, TOKENS_EXT, decode_block, group_samples
+from .format.records import (IMAGE_EXTENSIONS, LABEL_EXT, META_EXT, STORED_FORMATS, TOKENS_EXT, decode_block,
+                              group_samples)
 from .format.tar import iter_members
 from .storage import join, open_shard, read_bytes
-
-#: PIL formats accepted for each image member extension.
-_IMAGE_FORMATS = {"jpg": ("JPEG", "MPO"), "png": ("PNG",), "webp": ("WEBP",)}
 
 
 def load_manifest(dst: str, storage_options: dict[str, Any] | None = None) -> Manifest:
@@ -117,7 +115,7 @@ def _check_image(group: dict[str, bytes], shard: str, key: str, classes: list[st
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(io.BytesIO(group[exts[0]]), formats=_IMAGE_FORMATS[exts[0]]) as img:
+            with Image.open(io.BytesIO(group[exts[0]]), formats=STORED_FORMATS[exts[0]]) as img:
                 img.load()
         except Exception as err:  # PIL's many error types for a damaged image
             raise ShardError(f"image does not decode ({type(err).__name__}: {err})", shard=shard,

@@ -24,8 +24,6 @@ from ..format.records import PASSTHROUGH_FORMATS, image_members, image_meta, sam
 from .output import ChunkResult
 from .sources import skip_entry
 
-#: MPO is a JPEG with extra frames (many phone cameras): every JPEG decoder reads its first frame.
-_PASSTHROUGH = {**PASSTHROUGH_FORMATS, "MPO": "jpg"}
 #: Formats PIL may not try: EPS runs Ghostscript on whatever the file says.
 _REFUSED_FORMATS = frozenset({"EPS"})
 _formats: list[str] | None = None
@@ -84,7 +82,7 @@ def encode_image(data: bytes, *, validate: str = "full", resize: int | None = No
         try:
             with Image.open(io.BytesIO(data), formats=_open_formats()) as img:
                 fmt = img.format
-                ext = _PASSTHROUGH.get(fmt)
+                ext = PASSTHROUGH_FORMATS.get(fmt)
                 big = resize is not None and max(img.size) > resize
                 if validate == "full" and fmt == "JPEG" and not big:
                     # Validation needs every entropy-coded byte decoded, not full-size pixels: at

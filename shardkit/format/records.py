@@ -21,10 +21,14 @@ import numpy as np
 
 from ..errors import ShardError
 
-#: Image formats stored byte for byte; everything else is stored as lossless PNG of its RGB pixels.
-PASSTHROUGH_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+#: The PIL formats stored byte for byte, by the member extension they get (MPO is a JPEG with extra
+#: frames, as phone cameras write them: every JPEG decoder reads its first frame). Any other format
+#: is stored as a lossless PNG of its RGB pixels, and a resized image as a JPEG.
+STORED_FORMATS = {"jpg": ("JPEG", "MPO"), "png": ("PNG",), "webp": ("WEBP",)}
+#: PIL format → member extension, for the formats above.
+PASSTHROUGH_FORMATS = {fmt: ext for ext, formats in STORED_FORMATS.items() for fmt in formats}
 #: Member extensions the reader decodes as images (safe decoders only).
-IMAGE_EXTENSIONS = ("jpg", "png", "webp")
+IMAGE_EXTENSIONS = tuple(STORED_FORMATS)
 LABEL_EXT, META_EXT = "cls", "json"
 TOKENS_EXT, LENGTHS_EXT, LABELS_EXT = "tokens.npy", "lengths.npy", "labels.npy"
 #: Target bytes of tokens per block: large enough to amortise headers, small enough to stream.
