@@ -9,6 +9,7 @@ an entry in ``skipped`` with its reason, never an exception out of the worker.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import os
 import re
@@ -26,21 +27,18 @@ from .sources import skip_entry
 
 #: Formats PIL may not try: EPS runs Ghostscript on whatever the file says.
 _REFUSED_FORMATS = frozenset({"EPS"})
-_formats: list[str] | None = None
 #: Object addresses in an error message would make the manifest differ from run to run.
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
+@functools.cache
 def _open_formats() -> list[str]:
     """The formats PIL may try, in the order it tries them: the stored-as-is ones first, because
     PIL builds an image object for every format whose check a file passes before its own (four
     per JPEG in PIL's order), which was half of a header-only conversion's time."""
-    global _formats
-    if _formats is None:
-        Image.init()
-        allowed = [f for f in Image.ID if f not in _REFUSED_FORMATS]
-        _formats = [f for f in PASSTHROUGH_FORMATS if f in allowed] + [f for f in allowed if f not in PASSTHROUGH_FORMATS]
-    return _formats
+    Image.init()
+    allowed = [f for f in Image.ID if f not in _REFUSED_FORMATS]
+    return [f for f in PASSTHROUGH_FORMATS if f in allowed] + [f for f in allowed if f not in PASSTHROUGH_FORMATS]
 
 
 class SkipImage(Exception):

@@ -32,27 +32,26 @@ CHUNK_SIZE = 4 << 20
 FIRST_CHUNK_SIZE = 256 << 10  # the first range is short, so the first samples arrive one latency after the open
 READAHEAD = 2
 _MIN_PIECE = 64 << 10
-_pools: dict[int, ThreadPoolExecutor] = {}
-_pools_lock = threading.Lock()
+_fetchers: ThreadPoolExecutor | None = None
+_fetchers_lock = threading.Lock()
 
 
 def _reset_after_fork() -> None:
-    global _pools_lock
-    _pools_lock = threading.Lock()  # a parent thread may have held it at the fork
-    _pools.clear()
+    global _fetchers, _fetchers_lock
+    # threads do not survive a fork, and a parent thread may have held the lock at that moment
+    _fetchers, _fetchers_lock = None, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _pool() -> ThreadPoolExecutor:
-    """This process's fetch threads (threads do not survive a fork, so one pool per pid)."""
-    pid = os.getpid()
-    with _pools_lock:
-        pool = _pools.get(pid)
-        if pool is None:
-            pool = _pools[pid] = ThreadPoolExecutor(max_workers=8, thread_name_prefix="shardkit-fetch")
-        return pool
+    """This process's fetch threads."""
+    global _fetchers
+    with _fetchers_lock:
+        if _fetchers is None:
+            _fetchers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="shardkit-fetch")
+        return _fetchers
 
 
 def _past_the_end(exc: BaseException) -> bool:
