@@ -19,15 +19,19 @@ _EXPORTS = {
     "ManifestError": "shardkit.errors",
     "MissingExtraError": "shardkit.errors",
     "ShardError": "shardkit.errors",
+    "ShardWriter": "shardkit.writer",
     "ShardkitError": "shardkit.errors",
     "SourceError": "shardkit.errors",
     "StorageError": "shardkit.errors",
+    "StreamOptions": "shardkit.stream.dataset",
     "StreamingDataset": "shardkit.stream.dataset",
     "convert": "shardkit.convert",
+    "dict_collate": "shardkit.stream.collate",
     "image_collate": "shardkit.stream.collate",
     "load_manifest": "shardkit.inspect",
     "make_loader": "shardkit.stream.loader",
     "pad_collate": "shardkit.stream.collate",
+    "row_collate": "shardkit.stream.collate",
     "verify": "shardkit.inspect",
 }
 __all__ = sorted(_EXPORTS)
@@ -52,7 +56,8 @@ if TYPE_CHECKING:  # pragma: no cover
                          SourceError, StorageError)
     from .format.manifest import Manifest
     from .inspect import load_manifest, verify
-    from .stream.collate import BucketBatchSampler, image_collate, pad_collate
-    from .stream.dataset import StreamingDataset
+    from .stream.collate import BucketBatchSampler, dict_collate, image_collate, pad_collate, row_collate
+    from .stream.dataset import StreamingDataset, StreamOptions
     from .stream.device import DeviceLoader
     from .stream.loader import make_loader
+    from .writer import ShardWriter

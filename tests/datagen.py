@@ -119,3 +119,20 @@ def dst_files(dst: str | os.PathLike) -> dict[str, bytes]:
     relative path, with its bytes: what tests compare to prove two conversions byte-identical."""
     dst = Path(dst)
     return {str(p.relative_to(dst)): p.read_bytes() for p in sorted(dst.rglob("*")) if p.is_file()}
+
+
+def token_block_members(key: str, tokens, lengths, labels=None) -> list[tuple[str, bytes]]:
+    """The members of one token block as the converter writes them (``tokens`` already in the
+    dataset's dtype)."""
+    from shardkit.format.blocks import token_layout
+
+    values = {"tokens": np.asarray(tokens), "label": None if labels is None else np.asarray(labels, np.int64)}
+    return token_layout(np.asarray(tokens).dtype.name).members(key, values, lengths=np.asarray(lengths))
+
+
+def decode_token_block(group: dict[str, bytes], shard: str, key: str):
+    """``(tokens, offsets, labels or None)`` of a token block's members, as the reader decodes them."""
+    from shardkit.format.blocks import token_layout
+
+    block = token_layout(None).decode(group, shard, key)
+    return block.arrays["tokens"], block.offsets["tokens"], block.arrays.get("label")

@@ -76,18 +76,18 @@ def test_verify_catches_an_undecodable_image_with_a_matching_checksum(tmp_path):
     datagen.make_jpeg_tree(root, classes=1, per_class=2)
     shardkit.convert(root, tmp_path / "out", workers=1)
     shard = tmp_path / "out" / "shard-000000.tar"
+    doc = json.loads((tmp_path / "out" / "manifest.json").read_text())
     buf = io.BytesIO()
-    writer = TarWriter(buf)
+    writer = TarWriter(buf, doc["shards"][0]["stamp"])  # written by the same conversion
     for m in read_members(shard.read_bytes()):
         writer.add(m.name, m.data[: len(m.data) // 2] if m.name.endswith(".jpg") else m.data)
     writer.close()
     shard.write_bytes(buf.getvalue())
-    doc = json.loads((tmp_path / "out" / "manifest.json").read_text())
     doc["shards"][0].update(sha256=hashlib.sha256(buf.getvalue()).hexdigest(), bytes=len(buf.getvalue()))
     doc["bytes"] = len(buf.getvalue())
     (tmp_path / "out" / "manifest.json").write_text(json.dumps(doc))
     report = verify(str(tmp_path / "out"))
-    assert not report.ok and "does not decode" in report.problems["shard-000000.tar"]
+    assert not report.ok and "cannot decode image" in report.problems["shard-000000.tar"]
 
 
 def test_missing_manifest_says_what_to_do(tmp_path):

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DestinationError, ManifestError, SourceError
-from ..format.manifest import KINDS, MANIFEST_NAME, Manifest, ShardInfo
+from ..format.manifest import MANIFEST_NAME, Manifest, ShardInfo
+from ..format.schema import Schema
 from ..storage import is_url, join, walk_files
 from . import execute
 from .options import ConvertOptions
@@ -24,6 +25,8 @@ from .sequences import merge_scans, scan_ranges
 from .sources import detect_kind, list_images, list_sequences, skip_sort_key
 
 log = logging.getLogger(__name__)
+#: What convert reads: ImageFolder trees, sequence files.
+SOURCE_KINDS = ("images", "sequences")
 #: How many skipped entries a strict failure lists.
 STRICT_SHOWN = 5
 
@@ -55,8 +58,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str | None 
     """
     opts = ConvertOptions.from_kwargs(options)
     src, dst = (_local_if_file_url(os.fspath(p)) for p in (src, dst))
-    if kind is not None and kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    if kind is not None and kind not in SOURCE_KINDS:
+        raise ValueError(f"kind must be one of {SOURCE_KINDS}, not {kind!r}")
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
@@ -220,19 +223,19 @@ def _write_on_dask(plan: Plan, out: Destination, show: bool, **cluster: Any) -> 
 
 def _manifest(plan: Plan, records: list[ShardRecord]) -> Manifest:
     skipped = list(plan.skipped) + [e for r in records for e in r.skipped]
-    manifest = Manifest(kind=plan.kind, shards=[ShardInfo(r.name, r.samples, r.bytes, r.sha256) for r in records],
-                        params=plan.options.as_params(), skipped=sorted(skipped, key=skip_sort_key))
+    shards = [ShardInfo(r.name, r.samples, r.bytes, r.sha256, r.stamp, r.index) for r in records]
     if plan.kind == "images":
-        manifest.classes = list(plan.images.classes)
-    else:
-        table = plan.sequences
-        lengths = table.ntokens
-        stats = {"min": 0, "max": 0, "mean": 0.0, "median": 0.0, "p99": 0.0}
-        if len(lengths):
-            stats = {"min": int(lengths.min()), "max": int(lengths.max()), "mean": round(float(lengths.mean()), 3),
-                     "median": round(float(np.median(lengths)), 3),
-                     "p99": round(float(np.percentile(lengths, 99)), 3)}
-        manifest.sequences = {"dtype": table.dtype.name, "tokens": int(lengths.sum()), "has_labels": table.has_labels,
-                              "tokens_field": plan.options.tokens_field, "label_field": plan.options.label_field,
-                              "length": stats}
+        return Manifest(kind="images", schema=Schema.images(), shards=shards, params=plan.options.as_params(),
+                        skipped=sorted(skipped, key=skip_sort_key), classes=list(plan.images.classes))
+    table = plan.sequences
+    manifest = Manifest(kind="sequences", schema=Schema.sequences(table.dtype.name), shards=shards,
+                        params=plan.options.as_params(), skipped=sorted(skipped, key=skip_sort_key))
+    lengths = table.ntokens
+    stats = {"min": 0, "max": 0, "mean": 0.0, "median": 0.0, "p99": 0.0}
+    if len(lengths):
+        stats = {"min": int(lengths.min()), "max": int(lengths.max()), "mean": round(float(lengths.mean()), 3),
+                 "median": round(float(np.median(lengths)), 3), "p99": round(float(np.percentile(lengths, 99)), 3)}
+    manifest.sequences = {"dtype": table.dtype.name, "tokens": int(lengths.sum()), "has_labels": table.has_labels,
+                          "tokens_field": plan.options.tokens_field, "label_field": plan.options.label_field,
+                          "length": stats}
     return manifest

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..format.manifest import shard_stamp
 from .images import ImageChunk
 from .output import ChunkResult, Destination, ShardRecord, ShardWriter
 from .plan import Plan
@@ -73,11 +74,11 @@ def write_shard(plan: Plan, index: int, dst: Destination) -> ShardRecord:
         DestinationError: the shard cannot be written (disk full, ...); no file is left under its name.
         SourceError: a source record changed since it was planned.
     """
-    return _write(dst, index, (task() for task in shard_tasks(plan, index)))
+    return _write(dst, index, shard_stamp(plan.digest, index), (task() for task in shard_tasks(plan, index)))
 
 
-def _write(dst: Destination, index: int, results: Iterable[ChunkResult]) -> ShardRecord:
-    with ShardWriter(dst, index) as writer:
+def _write(dst: Destination, index: int, stamp: str, results: Iterable[ChunkResult]) -> ShardRecord:
+    with ShardWriter(dst, index, stamp) as writer:
         for result in results:  # computed one at a time, so one chunk's members are held at once
             writer.add(result)
         return writer.finish()
@@ -93,16 +94,17 @@ class ShardTask:
     dst_path: str
     storage_options: dict[str, Any] | None
     index: int
+    stamp: str
     chunks: tuple[ImageChunk, ...]
 
     def __call__(self) -> ShardRecord:
-        return _write(self._dst(), self.index, (chunk() for chunk in self.chunks))
+        return _write(self._dst(), self.index, self.stamp, (chunk() for chunk in self.chunks))
 
     def split(self) -> list[ImageChunk]:
         return [part for chunk in self.chunks for part in chunk.split()]
 
     def merge(self, results: list[ChunkResult]) -> ShardRecord:
-        return _write(self._dst(), self.index, results)
+        return _write(self._dst(), self.index, self.stamp, results)
 
     def _dst(self) -> Destination:
         # rebuilt in the worker: a Destination made without entering takes no lock (see output.py)
@@ -119,7 +121,8 @@ def run_shards(plan: Plan, dst: Destination, todo: list[int], pool: WorkerPool,
     written; ``on_shard`` sees the record of each shard written whole by a worker.
     """
     if plan.kind == "images" and not plan.options.strict and 1 < pool.workers <= len(todo):
-        tasks = (ShardTask(dst.path, dst.storage_options, index, tuple(shard_tasks(plan, index))) for index in todo)
+        tasks = (ShardTask(dst.path, dst.storage_options, index, shard_stamp(plan.digest, index),
+                           tuple(shard_tasks(plan, index))) for index in todo)
         for index, record in zip(todo, pool.map(tasks, window=2 * pool.workers)):
             on_shard(record)
             yield index, record
@@ -143,7 +146,7 @@ def run_shards(plan: Plan, dst: Destination, todo: list[int], pool: WorkerPool,
             index, last = plan_of.popleft()
             on_chunk(result)
             if writer is None:
-                writer = ShardWriter(dst, index)
+                writer = ShardWriter(dst, index, shard_stamp(plan.digest, index))
             writer.add(result)
             if last:
                 record = writer.finish()

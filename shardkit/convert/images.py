@@ -21,7 +21,9 @@ from typing import Any
 from PIL import Image
 
 from .. import storage
-from ..format.records import PASSTHROUGH_FORMATS, image_members, image_meta, sample_key
+from ..format.fields import PASSTHROUGH_FORMATS
+from ..format.records import image_meta, sample_key, sample_members
+from ..format.schema import LABEL_FIELD, META_FIELD
 from .output import ChunkResult
 from .sources import skip_entry
 
@@ -147,8 +149,8 @@ class ImageChunk:
             except SkipImage as err:
                 skipped.append(skip_entry(path, str(err)))
                 continue
-            members += image_members(sample_key(position), ext, stored, label,
-                                     image_meta(path, label, class_name))
+            members += sample_members(sample_key(position), {ext: stored, LABEL_FIELD: label,
+                                                             META_FIELD: image_meta(path, label, class_name)})
         return ChunkResult(members, len(self.items) - len(skipped), skipped, read)
 
     def _read(self, path: str) -> bytes:

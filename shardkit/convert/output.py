@@ -24,14 +24,15 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import storage
 from ..errors import DestinationError
+from ..format.index import INDEX_SUFFIX, IndexBuilder, index_name
 from ..format.manifest import MANIFEST_NAME, shard_index, shard_name
 from ..format.tar import TarWriter
+from ..storage.files import HashingWriter, temporary_path
 
 PARTIAL = ".shardkit-partial"
 PLAN_NAME = "plan.json"
@@ -41,39 +42,34 @@ LOCK_NAME = "lock"
 @dataclass
 class ChunkResult:
     """What a worker returns for a slice of a shard: its tar members in order, how many samples
-    they hold, what it skipped, and how many source bytes it read (for progress)."""
+    they hold, what it skipped, and how many source bytes it read (for progress). ``groups``: the
+    samples each group (key) of the members holds, in order (empty: one per key)."""
 
     members: list[tuple[str, bytes]]
     samples: int
     skipped: list[dict[str, Any]] = field(default_factory=list)
     source_bytes: int = 0
+    groups: list[int] = field(default_factory=list)
 
     @classmethod
     def join(cls, parts: list["ChunkResult"]) -> "ChunkResult":
         return cls([m for p in parts for m in p.members], sum(p.samples for p in parts),
-                   [e for p in parts for e in p.skipped], sum(p.source_bytes for p in parts))
+                   [e for p in parts for e in p.skipped], sum(p.source_bytes for p in parts),
+                   [g for p in parts for g in p.groups])
 
 
 @dataclass
 class ShardRecord:
-    """A finished shard, as kept in ``.shardkit-partial/`` until the manifest is written."""
+    """A finished shard, as kept in ``.shardkit-partial/`` until the manifest is written:
+    ``index`` is its index sidecar's ``{"bytes", "sha256"}``."""
 
     name: str
     samples: int
     bytes: int
     sha256: str
     skipped: list[dict[str, Any]]
-
-
-class _Hashing:
-    """A write-only stream that hashes what goes through it."""
-
-    def __init__(self, f) -> None:
-        self.f, self.sha = f, hashlib.sha256()
-
-    def write(self, data) -> int:
-        self.sha.update(data)
-        return self.f.write(data)
+    stamp: str | None = None
+    index: dict[str, Any] | None = None
 
 
 def _fsync_dir(path: str) -> None:
@@ -92,21 +88,29 @@ def _space_error(err: OSError, what: str, dst: str) -> DestinationError:
 
 
 class ShardWriter:
-    """Writes one shard to a local temporary file (:attr:`Destination.staging`); :meth:`finish` fsyncs it,
-    publishes it under its final name and records it. Used as a context manager, the temporary
-    file is removed if the shard is not finished."""
+    """Writes one shard to a local temporary file (:attr:`Destination.staging`), with its index;
+    :meth:`finish` fsyncs both, publishes the index then the shard under their final names and
+    records them. ``stamp`` goes into every tar header (see ``format.tar.member_header``). Used as
+    a context manager, the temporary files are removed if the shard is not finished."""
 
-    def __init__(self, dst: "Destination", index: int) -> None:
-        self.dst, self.name = dst, shard_name(index)
+    def __init__(self, dst: "Destination", index: int, stamp: str = "") -> None:
+        self.dst, self.name, self.stamp = dst, shard_name(index), stamp
         # Unique per writer: a scheduler may run the same shard twice at once (both give the same bytes).
-        self.tmp = os.path.join(dst.staging, f".{self.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self.tmp = temporary_path(self.name, dst.staging)
         self.samples, self.skipped = 0, []
         try:
             self._file = open(self.tmp, "wb")
         except OSError as err:
             raise _space_error(err, self.name, dst.path) from None
-        self._hash = _Hashing(self._file)
-        self._tar = TarWriter(self._hash)
+        self._hash = HashingWriter(self._file)
+        self._tar = TarWriter(self._hash, stamp)
+        self._index = IndexBuilder()
+        self._key: str | None = None
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes of the shard so far (before its end-of-archive marker)."""
+        return self._tar.bytes_written
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -121,8 +125,13 @@ class ShardWriter:
             os.unlink(self.tmp)
 
     def add(self, chunk: ChunkResult) -> None:
+        groups = iter(chunk.groups)
         try:
             for name, data in chunk.members:
+                key = name.partition(".")[0]
+                if key != self._key:
+                    self._key = key
+                    self._index.group(self._tar.bytes_written, next(groups, 1))
                 self._tar.add(name, data)
         except OSError as err:
             raise _space_error(err, self.name, self.dst.path) from None
@@ -130,16 +139,20 @@ class ShardWriter:
         self.skipped.extend(chunk.skipped)
 
     def finish(self) -> ShardRecord:
+        index = self._index.finish(self._tar.bytes_written).to_bytes()
+        index_name_ = index_name(self.name)
         try:
             self._tar.close()
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
+            self.dst.write_file(index_name_, index)
             self.dst.publish(self.tmp, self.name)
         except OSError as err:
             raise _space_error(err, self.name, self.dst.path) from None
-        record = ShardRecord(self.name, self.samples, self._tar.bytes_written, self._hash.sha.hexdigest(),
-                             self.skipped)
+        record = ShardRecord(self.name, self.samples, self._tar.bytes_written, self._hash.hexdigest(),
+                             self.skipped, self.stamp or None,
+                             {"bytes": len(index), "sha256": hashlib.sha256(index).hexdigest()})
         self.dst.save_record(record)
         return record
 
@@ -150,7 +163,8 @@ def _record_name(shard: str) -> str:
 
 
 def _is_shardkit_file(name: str) -> bool:
-    return name in (MANIFEST_NAME, PARTIAL) or shard_index(name) is not None
+    return name in (MANIFEST_NAME, PARTIAL) or shard_index(name) is not None or \
+        (name.endswith(INDEX_SUFFIX) and shard_index(name.removesuffix(INDEX_SUFFIX) + ".tar") is not None)
 
 
 class Destination:
@@ -313,17 +327,28 @@ class Destination:
 
     # --- the run's records ---
 
-    def _write_small(self, name: str, text: str, what: str, folder: str | None = None) -> None:
-        tmp = os.path.join(self.staging, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    def write_file(self, name: str, data: bytes | str, folder: str | None = None) -> None:
+        """Publish ``data`` whole as ``name`` in DST (or ``folder``), through a temporary file.
+
+        Raises:
+            OSError: it cannot be written (no temporary file is left).
+        """
+        tmp = temporary_path(name, self.staging)
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
+            with open(tmp, "wb") as f:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
                 f.flush()
                 os.fsync(f.fileno())
             self.publish(tmp, name, folder)
-        except OSError as err:
-            with contextlib.suppress(OSError):  # a full disk must not leave half a record behind
+        except BaseException:
+            with contextlib.suppress(OSError):  # a full disk must not leave half a file behind
                 os.unlink(tmp)
+            raise
+
+    def _write_small(self, name: str, text: str, what: str, folder: str | None = None) -> None:
+        try:
+            self.write_file(name, text, folder)
+        except OSError as err:
             raise _space_error(err, what, self.path) from None
 
     def start(self, digest: str, kind: str, params: dict[str, Any]) -> None:
@@ -351,9 +376,9 @@ class Destination:
         return None
 
     def remove_extra_shards(self, count: int) -> None:
-        """Shards numbered ``count`` and above belong to no plan of this run."""
+        """Shards (and their indexes) numbered ``count`` and above belong to no plan of this run."""
         for name in self.shard_files():
-            if shard_index(name) >= count:
+            if shard_index(name.removesuffix(INDEX_SUFFIX) + ".tar" if name.endswith(INDEX_SUFFIX) else name) >= count:
                 self._remove(storage.join(self.path, name))
 
     def write_manifest(self, text: str) -> None:

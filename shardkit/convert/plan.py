@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from ..format.records import (BLOCK_TOKEN_BYTES, image_meta, label_member, meta_member, smallest_signed,
-                               smallest_unsigned)
-from ..format.tar import BLOCK, END_OF_ARCHIVE, entry_bytes
+from ..format.blocks import BLOCK_TOKEN_BYTES, NPY_HEADER, smallest_signed, smallest_unsigned, token_layout
+from ..format.fields import codec_of
+from ..format.records import image_meta, members_bytes
+from ..format.schema import LABEL_FIELD, META_FIELD
+from ..format.tar import BLOCK, END_OF_ARCHIVE
 from .options import ConvertOptions
 from .sources import ImageSource, SequenceSource
 
-NPY_HEADER = 128  # np.save's header for a 1-D array (a test checks it)
 _BLOCK_OVERHEAD = 3 * (BLOCK + NPY_HEADER + BLOCK - 1)  # three members, worst-case padding
 
 
@@ -114,21 +115,20 @@ def plan_images(source: ImageSource, options: ConvertOptions, digest_: str) -> P
     """Shuffle the listed images and cut them into shards by count and estimated bytes (the
     source file as stored, plus the label and metadata members; exact for pass-through formats)."""
     order = sample_order(len(source.items), options)
-    per_sample = np.array([entry_bytes(item.size) + entry_bytes(len(label_member(item.label)))
-                           + entry_bytes(len(meta_member(image_meta(item.path, item.label, source.classes[item.label]))))
-                           for item in source.items], dtype=np.int64)
+    label, meta = codec_of(LABEL_FIELD), codec_of(META_FIELD)
+    per_sample = np.array([members_bytes((item.size, len(label.encode(item.label, LABEL_FIELD)), len(meta.encode(
+        image_meta(item.path, item.label, source.classes[item.label]), META_FIELD)))) for item in source.items],
+        dtype=np.int64)
     starts = cut(per_sample[order] if len(order) else per_sample, options.max_shard_size, options.max_shard_samples)
     return Plan("images", options, digest_, order, starts, list(source.skipped), images=source)
 
 
 def block_bytes(ntokens: np.ndarray, labels: np.ndarray | None, dtype: np.dtype) -> int:
-    """Exact tar bytes of one token block (``records.block_members``) holding these sequences."""
-    size = entry_bytes(NPY_HEADER + int(ntokens.sum()) * dtype.itemsize)
-    size += entry_bytes(NPY_HEADER + len(ntokens) * smallest_unsigned(int(ntokens.max())).itemsize)
+    """Exact tar bytes of one token block (``blocks.token_layout``) holding these sequences."""
+    sizes = {"tokens": int(ntokens.sum()) * dtype.itemsize}
     if labels is not None:
-        label_dtype = smallest_signed(int(labels.min()), int(labels.max()))
-        size += entry_bytes(NPY_HEADER + len(labels) * label_dtype.itemsize)
-    return int(size)
+        sizes["label"] = len(labels) * smallest_signed(int(labels.min()), int(labels.max())).itemsize
+    return token_layout(dtype.name).block_bytes(sizes, len(ntokens), int(ntokens.max()))
 
 
 def plan_sequences(table: SequenceTable, options: ConvertOptions, digest_: str,

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import SourceError
-from ..format.records import NO_LABEL, block_members, sample_key
+from ..format.blocks import token_layout
+from ..format.records import NO_LABEL, sample_key
 from .output import ChunkResult
 from .plan import SequenceTable
 from .sources import RecordError, SequenceSource, is_blank, parse_line, skip_entry
@@ -129,7 +130,8 @@ class BlockChunk:
     label_field: str
 
     def __call__(self) -> ChunkResult:
-        members, samples, read = [], 0, 0
+        members, samples, read, groups = [], 0, 0, []
+        layout = token_layout(self.dtype)
         handles: dict[int, Any] = {}
         try:
             for position, file, offsets, nbytes, ntokens, labels in self.blocks:
@@ -140,11 +142,12 @@ class BlockChunk:
                                                                  int(nbytes[i]), int(ntokens[i]))
                 read += int(nbytes.sum())
                 samples += len(ntokens)
-                members += block_members(sample_key(position), tokens, ntokens, labels)
+                members += layout.members(sample_key(position), {"tokens": tokens, "label": labels}, lengths=ntokens)
+                groups.append(len(ntokens))
         finally:
             for f in handles.values():
                 f.close()
-        return ChunkResult(members, samples, [], read)
+        return ChunkResult(members, samples, [], read, groups)
 
     def _read(self, handles: dict, file: int, offset: int, nbytes: int, ntokens: int) -> np.ndarray:
         path, fmt = self.files[file]

@@ -1,7 +1,13 @@
-"""``manifest.json``: the one description of a converted dataset, written last by the converter.
+"""``manifest.json``: the one description of a converted dataset, written last by the converter
+(and by ``ShardWriter``).
 
-Both sides import this module: the converter builds a :class:`Manifest`, the reader loads one
-and trusts nothing in it that it has not checked.
+Both sides import this module: the writers build a :class:`Manifest`, the reader loads one and
+trusts nothing in it that it has not checked.
+
+Version 2 (this one) records the :class:`~.schema.Schema` (the kind, every field and its codec,
+or the block columns), and per shard its stamp (carried in every tar header, so a reader notices
+a shard replaced under it) and its index sidecar. Version 1 manifests (images and sequences,
+written by shardkit 0.1) are still read: their schema follows from their kind.
 """
 
 from __future__ import annotations
@@ -12,20 +18,30 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, NoReturn
 
+import hashlib
+
 from ..errors import ManifestError
+from .index import index_name
+from .schema import KINDS, Schema
 
 FORMAT_NAME = "shardkit"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = "shard-{index:06d}.tar"
 _SHARD_NAME = re.compile(r"shard-([0-9]{6,})\.tar\Z")
-Kind = Literal["images", "sequences"]
-KINDS = ("images", "sequences")
+_STAMP = re.compile(r"[0-9a-f]{1,31}\Z")
+Kind = Literal["images", "sequences", "tabular", "samples"]
 
 
 def shard_name(index: int) -> str:
     """The file name of shard ``index``: ``shard-000012.tar``."""
     return SHARD_PATTERN.format(index=index)
+
+
+def shard_stamp(*parts: object) -> str:
+    """The stamp of a shard (16 hex digits): derived from what decides its content, so a shard of
+    another dataset (or another version of it) carries another one."""
+    return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
 def shard_index(name: str) -> int | None:
@@ -36,32 +52,65 @@ def shard_index(name: str) -> int | None:
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """One shard as the manifest records it."""
+    """One shard as the manifest records it. ``stamp``: what its tar headers carry (None in
+    version 1). ``index``: ``{"bytes", "sha256"}`` of its index sidecar, when it has one."""
 
     name: str
     samples: int
     bytes: int
     sha256: str
+    stamp: str | None = None
+    index: dict[str, Any] | None = None
+
+    @property
+    def index_name(self) -> str | None:
+        """The file name of its index sidecar, if it has one."""
+        return index_name(self.name) if self.index is not None else None
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file of this shard in the dataset's directory (the shard, its index)."""
+        return (self.name,) + ((self.index_name,) if self.index is not None else ())
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass
 class Manifest:
-    """What ``shardkit convert`` wrote: kind, shards, sample total, parameters and what it skipped.
+    """What ``shardkit convert`` (or ``ShardWriter``) wrote: kind and schema, shards, sample total,
+    parameters and what it skipped.
 
-    ``classes`` is set for images; ``sequences`` (dtype, tokens, length statistics, whether labels
-    are present) for sequences. ``source`` (file count, bytes, digest of the plan) lets a re-run of
-    ``convert`` recognise its own output without any absolute path or time in the manifest.
+    ``classes`` is set for images from an ImageFolder tree; ``sequences`` (dtype, tokens, length
+    statistics, whether labels are present) for sequences; ``stats`` for other kinds' summaries.
+    ``source`` (file count, bytes, digest of the plan) lets a re-run of ``convert`` recognise its
+    own output without any absolute path or time in the manifest. ``schema`` defaults to the
+    kind's preset (what a version 1 manifest implies).
     """
 
     kind: Kind
     shards: list[ShardInfo]
+    schema: Schema | None = None
     params: dict[str, Any] = field(default_factory=dict)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     classes: list[str] | None = None
     sequences: dict[str, Any] | None = None
     source: dict[str, Any] | None = None
+    stats: dict[str, Any] | None = None
     format: str = FORMAT_NAME
     version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.schema is None:
+            self.schema = _implied_schema(self.kind, self.sequences)
+
+    @property
+    def digest(self) -> str:
+        """What identifies this dataset's content: a sha256 over its shards' names and sha256s."""
+        h = hashlib.sha256()
+        for s in self.shards:
+            h.update(f"{s.name}\0{s.sha256}\n".encode())
+        return h.hexdigest()
 
     @property
     def samples(self) -> int:
@@ -75,12 +124,14 @@ class Manifest:
         doc = {"format": self.format, "version": self.version, "kind": self.kind}
         if self.source is not None:
             doc["source"] = self.source
-        doc |= {"samples": self.samples, "bytes": self.bytes,
-               "shards": [asdict(s) for s in self.shards]}
+        doc |= {"samples": self.samples, "bytes": self.bytes, "schema": self.schema.to_json(),
+                "shards": [s.to_json() for s in self.shards]}
         if self.classes is not None:
             doc["classes"] = self.classes
         if self.sequences is not None:
             doc["sequences"] = self.sequences
+        if self.stats is not None:
+            doc["stats"] = self.stats
         doc["params"] = self.params
         doc["skipped"] = self.skipped
         return json.dumps(doc, indent=1, sort_keys=False, ensure_ascii=False) + "\n"
@@ -91,7 +142,8 @@ class Manifest:
 
         Raises:
             ManifestError: not JSON, another format or a newer version, a missing field or one of
-                the wrong type, an unsafe or repeated shard name, or totals that disagree.
+                the wrong type, an unsafe or repeated shard name, a malformed schema, or totals
+                that disagree.
         """
         try:
             doc = json.loads(text)
@@ -116,24 +168,34 @@ class Manifest:
             if total in doc and (not _is_count(doc[total]) or doc[total] != value):
                 raise ManifestError(f"{where}: {total} total {doc[total]!r:.80} disagrees with its shards ({value})")
         classes = doc.get("classes")
-        if doc["kind"] == "images" or classes is not None:
+        if classes is not None or (version < 2 and doc["kind"] == "images"):
             classes = _field(doc, "classes", list, where)
             if not all(isinstance(c, str) for c in classes):
                 _bad(where, "classes")
         sequences = doc.get("sequences")
-        if doc["kind"] == "sequences":
+        if sequences is not None or (version < 2 and doc["kind"] == "sequences"):
             sequences = _field(doc, "sequences", dict, where)
             if sequences.get("dtype") not in TOKEN_DTYPES:
                 raise ManifestError(f"{where}: sequences.dtype {sequences.get('dtype')!r:.80} is not one of {TOKEN_DTYPES}")
             if not isinstance(sequences.get("has_labels"), bool):
                 _bad(where, "sequences.has_labels")
+        if version < 2 and doc["kind"] not in V1_KINDS:
+            raise ManifestError(f"{where}: kind {doc['kind']!r} needs format version 2")
         params = _field(doc, "params", dict, where) if "params" in doc else {}
         skipped = _field(doc, "skipped", list, where) if "skipped" in doc else []
         if not all(isinstance(e, dict) for e in skipped):
             _bad(where, "skipped")
         source = _field(doc, "source", dict, where) if "source" in doc else None
-        return cls(kind=doc["kind"], shards=shards, params=params, skipped=skipped, classes=classes,
-                   sequences=sequences, source=source, format=doc["format"], version=version)
+        stats = _field(doc, "stats", dict, where) if "stats" in doc else None
+        if version >= 2:
+            try:
+                schema = Schema.from_json(doc["kind"], doc.get("schema"))
+            except ValueError as err:
+                raise ManifestError(f"{where}: {err}") from None
+        else:
+            schema = _implied_schema(doc["kind"], sequences)
+        return cls(kind=doc["kind"], shards=shards, schema=schema, params=params, skipped=skipped, classes=classes,
+                   sequences=sequences, source=source, stats=stats, format=doc["format"], version=version)
 
 
 def _is_count(value: Any) -> bool:
@@ -153,7 +215,8 @@ def _shard_info(entry: Any, i: int, where: str) -> ShardInfo:
     missing = [k for k in ("name", "samples", "bytes", "sha256") if k not in entry]
     if missing:
         raise ManifestError(f"{where}: shard entry {i} lacks {', '.join(missing)}")
-    info = ShardInfo(name=entry["name"], samples=entry["samples"], bytes=entry["bytes"], sha256=entry["sha256"])
+    info = ShardInfo(name=entry["name"], samples=entry["samples"], bytes=entry["bytes"], sha256=entry["sha256"],
+                     stamp=entry.get("stamp"), index=entry.get("index"))
     if not (isinstance(info.name, str) and _SHARD_NAME.match(info.name)):
         raise ManifestError(f"{where}: shard entry {i} has an unsafe or unexpected name {info.name!r:.80} "
                             f"(expected shard-NNNNNN.tar)")
@@ -162,7 +225,25 @@ def _shard_info(entry: Any, i: int, where: str) -> ShardInfo:
             raise ManifestError(f"{where}: shard {info.name} has invalid {key} {getattr(info, key)!r:.80}")
     if not (isinstance(info.sha256, str) and re.fullmatch(r"[0-9a-f]{64}", info.sha256)):
         raise ManifestError(f"{where}: shard {info.name} has invalid sha256 {info.sha256!r:.80}")
+    if info.stamp is not None and not (isinstance(info.stamp, str) and _STAMP.match(info.stamp)):
+        raise ManifestError(f"{where}: shard {info.name} has invalid stamp {info.stamp!r:.80}")
+    index = info.index
+    if index is not None and not (isinstance(index, dict) and _is_count(index.get("bytes"))
+                                  and isinstance(index.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", index["sha256"])):
+        raise ManifestError(f"{where}: shard {info.name} has an invalid index entry {index!r:.80}")
     return info
+
+
+#: The kinds of version 1, and the schema each implies (a sequences manifest says its token dtype).
+V1_KINDS = {"images": lambda sequences: Schema.images(),
+            "sequences": lambda sequences: Schema.sequences((sequences or {}).get("dtype"))}
+
+
+def _implied_schema(kind: str, sequences: dict[str, Any] | None) -> Schema:
+    """The schema a version 1 manifest implies by its kind."""
+    if kind not in V1_KINDS:
+        raise ValueError(f"a {kind} manifest needs its schema")
+    return V1_KINDS[kind](sequences)
 
 
 #: Token dtypes, smallest first: the converter picks the first that holds the largest id.

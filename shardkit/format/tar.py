@@ -13,6 +13,7 @@ or one whose header was zeroed by a crash, is an error rather than a silently sh
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import posixpath
@@ -40,12 +41,17 @@ _LINKS_AND_SPECIALS = {tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard 
 
 # --- writing ---------------------------------------------------------------------------------
 
-def member_header(name: str, size: int) -> bytes:
+def member_header(name: str, size: int, stamp: str = "") -> bytes:
     """The deterministic 512-byte USTAR header of a regular file member.
+
+    ``stamp`` (at most 32 ASCII characters) goes into the group-name field, with ``shardkit`` as
+    the user name: every member of a shardkit shard carries its dataset's stamp there, so a reader
+    can tell a shard that was replaced under it (``tar tvf`` shows it as the owner; extraction
+    falls back to uid/gid 0, as for any unknown owner).
 
     Raises:
         ValueError: ``name`` is unsafe (absolute, ``..``) or too long for USTAR (100 bytes, or 255
-            split at a slash).
+            split at a slash), or ``stamp`` is not short ASCII.
     """
     if _name_problem(name):
         raise ValueError(f"tar member name {name!r} is {_name_problem(name)}")
@@ -53,20 +59,34 @@ def member_header(name: str, size: int) -> bytes:
     if len(encoded) <= 100 and 0 <= size < 8 ** 11:
         # The fields tarfile would write, filled into a template: TarInfo.tobuf costs ~20 % of a
         # header-only conversion (3 headers per image); this gives the same bytes (tested).
-        head = encoded.ljust(100, b"\0") + _MODE_IDS + b"%011o\0" % size + _AFTER_SIZE
+        head = encoded.ljust(100, b"\0") + _MODE_IDS + b"%011o\0" % size + _after_size(stamp)
         return head[:148] + b"%06o\0" % sum(head) + head[155:]
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = 0
     info.mode = 0o644
     info.uid = info.gid = 0
-    info.uname = info.gname = ""
+    info.uname, info.gname = ("shardkit", stamp) if stamp else ("", "")
     return info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
 
 
 _MODE_IDS = b"0000644\0" + b"0000000\0" * 2  # mode, uid, gid
-_AFTER_SIZE = (b"00000000000\0" + b" " * 8 + tarfile.REGTYPE + b"\0" * 100 + b"ustar\x0000" + b"\0" * 64
-               + b"\0" * 16 + b"\0" * 155 + b"\0" * 12)  # mtime, checksum, type, link, magic, owner, dev, prefix
+_STAMP = slice(297, 329)  # the group-name field
+
+
+@functools.lru_cache(maxsize=64)
+def _after_size(stamp: str) -> bytes:
+    """The header bytes after the size field: mtime, checksum, type, link, magic, owner, dev, prefix."""
+    if len(stamp) > 31 or not stamp.isascii():
+        raise ValueError(f"a shard stamp is at most 31 ASCII characters, not {stamp!r}")
+    owner = (b"shardkit" if stamp else b"").ljust(32, b"\0") + stamp.encode().ljust(32, b"\0")
+    return (b"00000000000\0" + b" " * 8 + tarfile.REGTYPE + b"\0" * 100 + b"ustar\x0000" + owner
+            + b"\0" * 16 + b"\0" * 155 + b"\0" * 12)
+
+
+def header_stamp(block: bytes) -> str:
+    """The stamp in a header written by :func:`member_header` ("" for none)."""
+    return block[_STAMP].split(b"\0", 1)[0].decode("ascii", "replace")
 
 
 def padding(size: int) -> bytes:
@@ -82,17 +102,20 @@ def entry_bytes(size):
 class TarWriter:
     """Writes members to a binary stream as a USTAR tar; ``close()`` adds the end-of-archive blocks.
 
-    Not a context on the underlying file: the caller owns it (and its atomic rename).
+    ``stamp`` goes into every member's header (see :func:`member_header`). ``bytes_written`` is
+    the offset the next member's header will have. Not a context on the underlying file: the
+    caller owns it (and its atomic rename).
     """
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO, stamp: str = "") -> None:
         self._stream = stream
+        self.stamp = stamp
         self.bytes_written = 0
 
     def add(self, name: str, data: bytes | memoryview) -> None:
         """Append one regular file member. Raises ``ValueError`` for a name ``member_header`` refuses."""
         size = memoryview(data).nbytes
-        for chunk in (member_header(name, size), data, padding(size)):
+        for chunk in (member_header(name, size, self.stamp), data, padding(size)):
             self._stream.write(chunk)
             self.bytes_written += memoryview(chunk).nbytes
 
@@ -126,10 +149,10 @@ def _name_problem(name: str) -> str | None:
 class _Source:
     """The shard stream with the byte offset reached, reads in bounded chunks, and a pushback."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO, start: int = 0) -> None:
         self._stream = stream
         self._pushed = b""
-        self.offset = 0
+        self.offset = start
 
     def read(self, size: int) -> bytes:
         """Up to ``size`` bytes; fewer only at the end of the stream."""
@@ -235,15 +258,17 @@ def _pax_size(text: str) -> int:
 
 
 def iter_members(stream: BinaryIO, shard: str, *, max_member_size: int = DEFAULT_MAX_MEMBER_SIZE,
-                 size: int | None = None,
+                 size: int | None = None, stamp: str | None = None, start: int = 0,
                  on_damage: Callable[[ShardError], object] | None = None) -> Iterator[Member]:
     """Yield the regular-file members of a tar stream, in order, as ``Member(name, data, offset)``.
 
     Nothing is extracted and nothing is written anywhere. Directories and PAX global headers are
-    passed over. ``size`` (bytes from the stream's position to its end) lets a member that claims
-    more bytes than remain be refused before anything is read; it is found by itself for local
-    files. Whatever a header claims, no buffer larger than ``max_member_size`` (or than what is
+    passed over. ``size`` (the shard's size in bytes) lets a member that claims more bytes than
+    remain be refused before anything is read; it is found by itself for local files. Whatever a header claims, no buffer larger than ``max_member_size`` (or than what is
     really there, plus 4 MiB) is allocated.
+
+    ``stamp``: the stamp the first header read must carry (the manifest's, for the shard's dataset):
+    a shard replaced by another dataset's while this reader ran is an error, under any policy.
 
     ``on_damage``: by default the first problem raises. Given a callable, each problem is passed to
     it as a ``ShardError`` and reading goes on: a refused member (link, device, unsafe name, over
@@ -252,24 +277,30 @@ def iter_members(stream: BinaryIO, shard: str, *, max_member_size: int = DEFAULT
     holds a valid header; a truncation ends the shard. Members are yielded only when intact at the
     tar level (their data bytes are not checksummed here: that is ``verify=True``'s sha256).
 
+    ``start``: the byte of the shard at which ``stream`` is positioned (a member header, found in
+    the shard's index); offsets are reported from the shard's start.
+
     Raises:
         ShardError: truncated or corrupt headers, a missing end-of-archive marker, non-zero bytes
             after it, links, devices, FIFOs, unknown member types, names that are absolute or
             contain ``..``, malformed PAX headers, and members larger than ``max_member_size``;
-            the message names ``shard``, the member when known and its byte offset.
+            the message names ``shard``, the member when known and its byte offset; a first
+            header without ``stamp``.
     """
     if size is None:
-        size = _file_size(stream)
-    return _Reader(_Source(stream), shard, max_member_size, size, on_damage).members()
+        left = _file_size(stream)
+        size = None if left is None else start + left
+    return _Reader(_Source(stream, start), shard, max_member_size, size, on_damage, stamp).members()
 
 
 class _Reader:
     """One pass over a shard; ``pending`` holds what PAX or GNU long-name headers say of the next member."""
 
     def __init__(self, source: _Source, shard: str, max_member_size: int, size: int | None,
-                 on_damage: Callable[[ShardError], object] | None) -> None:
+                 on_damage: Callable[[ShardError], object] | None, stamp: str | None = None) -> None:
         self.source, self.shard, self.max_member_size, self.size = source, shard, max_member_size, size
         self.on_damage = on_damage
+        self.stamp = stamp
         self.pending: dict[str, str] = {}
         self.meta_bytes = 0  # PAX / long-name bytes since the last member
         self.ended = False
@@ -332,11 +363,23 @@ class _Reader:
                 return self.damage(f"truncated: {what}", None, here)
             else:
                 try:
-                    return here, _parse_header(block)
+                    header = _parse_header(block)
                 except ValueError as err:
                     self.damage(f"corrupt header ({err})", None, here)
+                else:
+                    if self.stamp is not None:  # the first sound header says whose shard it is
+                        self.check_stamp(block, here)
+                    return here, header
             self.resync()
         return None
+
+    def check_stamp(self, block: bytes, here: int) -> None:
+        expected, self.stamp = self.stamp, None
+        found = header_stamp(block)
+        if found != expected:
+            raise ShardError(f"the shard belongs to another dataset (stamp {found!r:.40}, the manifest's is "
+                             f"{expected!r}): it was replaced, e.g. by a conversion with --overwrite, after the "
+                             f"manifest was read; start again to read the new dataset", shard=self.shard, offset=here)
 
     def apply_pending(self, info: tarfile.TarInfo) -> tuple[str, int, bool, int]:
         """``(name, size, silent, size limit)`` of the member ``info`` heads, after its PAX or long-name headers.

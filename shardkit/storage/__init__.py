@@ -103,9 +103,10 @@ def _run(remote, what: str, op: Callable[..., T], storage_options: Options, retr
 
 
 # -- reading ------------------------------------------------------------------------------
-def _reader(remote, storage_options: Options, retry: RetryPolicy | None, size: int | None) -> RangeReader:
+def _reader(remote, storage_options: Options, retry: RetryPolicy | None, size: int | None,
+            offset: int = 0) -> RangeReader:
     fs, fspath, url = remote
-    return RangeReader(fs, fspath, url, size=size, policy=_policy(retry),
+    return RangeReader(fs, fspath, url, size=size, start=offset, policy=_policy(retry),
                        secrets=tuple(secrets_of(storage_options)), busy_not_found=_is_http(fs))
 
 
@@ -134,9 +135,11 @@ def read_bytes(path: str | os.PathLike, storage_options: Options = None, *,
 
 def open_shard(path: str | os.PathLike, *, storage_options: Options = None,
                cache_dir: str | os.PathLike | None = None, cache_limit: int | None = None,
-               size: int | None = None, sha256: str | None = None,
+               size: int | None = None, sha256: str | None = None, offset: int = 0,
                retry: RetryPolicy | None = None) -> IO[bytes]:
-    """A binary stream over one shard, local or remote, read sequentially from its start.
+    """A binary stream over one shard, local or remote, read sequentially from byte ``offset``
+    (a seek locally, ranges from there remotely; through the cache, the bytes before ``offset``
+    are read too, since the cached copy is filled from the start).
 
     For a URL, the shard is fetched as consecutive byte ranges, a few in flight ahead of the
     reader; a dropped connection, a timeout, a 5xx or a throttling answer is retried with backoff
@@ -152,11 +155,24 @@ def open_shard(path: str | os.PathLike, *, storage_options: Options = None,
     """
     remote = _remote(path, storage_options)
     if remote is None:
-        return open(_local(path), "rb", buffering=1 << 20)
-    fetch = lambda: _reader(remote, storage_options, retry, size)  # noqa: E731
+        f = open(_local(path), "rb", buffering=1 << 20)
+        if offset:
+            f.seek(offset)
+        return f
     if cache_dir is None:
-        return fetch()
-    return ShardCache(cache_dir, cache_limit).open(remote[2], fetch, size=size, sha256=sha256)
+        return _reader(remote, storage_options, retry, size, offset)
+    stream = ShardCache(cache_dir, cache_limit).open(remote[2], lambda: _reader(remote, storage_options, retry, size),
+                                                     size=size, sha256=sha256)
+    _skip(stream, offset)
+    return stream
+
+
+def _skip(stream: IO[bytes], count: int) -> None:
+    while count > 0:
+        got = len(stream.read(min(count, 4 << 20)))
+        if not got:
+            return
+        count -= got
 
 
 def sha256_of(path: str | os.PathLike, storage_options: Options = None, *,

@@ -89,13 +89,14 @@ class RangeReader(ReadStream):
 
     ``size`` (from a manifest) saves a metadata request; without it the first range (a whole
     ``CHUNK_SIZE``, fetched at once) tells a small object's size and a larger one's is asked for.
+    ``start``: the first byte read (with ``size`` known: a reader seeking into a shard).
     ``read(n)`` returns ``n`` bytes unless the object ends first.
 
     Raises (from ``read``):
         StorageError: a range that failed after its retries, or an object shorter than ``size``.
     """
 
-    def __init__(self, fs: Any, path: str, url: str, *, size: int | None = None,
+    def __init__(self, fs: Any, path: str, url: str, *, size: int | None = None, start: int = 0,
                  policy: RetryPolicy = DEFAULT_POLICY, secrets: tuple[str, ...] = (),
                  busy_not_found: bool = False) -> None:
         super().__init__()
@@ -107,9 +108,12 @@ class RangeReader(ReadStream):
         self._threaded = isinstance(fs, AsyncFileSystem)
         self._readahead = READAHEAD if self._threaded else 0
         self._pending: deque[tuple[Future, int]] = deque()  # (bytes, how many asked for)
-        self._next = 0  # first byte not yet asked for
+        if start and size is None:
+            raise ValueError("a RangeReader that starts inside the object needs its size")
+        self._first = start
+        self._next = start  # first byte not yet asked for
         self._buf = memoryview(b"")
-        self._pos = 0  # bytes handed out
+        self._pos = start  # the offset of the next byte handed out
         if size is not None:
             self._schedule()
 
@@ -175,7 +179,7 @@ class RangeReader(ReadStream):
 
     def _schedule(self) -> None:
         while len(self._pending) <= self._readahead and self._next < self._size:
-            length = min(self._chunk, FIRST_CHUNK_SIZE) if self._next == 0 and self._threaded else self._chunk
+            length = min(self._chunk, FIRST_CHUNK_SIZE) if self._next == self._first and self._threaded else self._chunk
             end = min(self._size, self._next + length)
             if self._threaded:
                 future = _pool().submit(self._fetch, self._next, end)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import default_collate
+
+from ..format.fields import codec_of
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,51 @@ def image_collate(batch: Sequence[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
     else:
         images = list(images)
     return images, torch.tensor(labels, dtype=torch.int64)
+
+
+def row_collate(batch: Sequence[tuple[Any, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[(features, label), ...]`` → ``(features B×F, labels int64 B)`` (tabular rows)."""
+    features, labels = zip(*batch)
+    return default_collate(list(features)), torch.tensor(labels, dtype=torch.int64)
+
+
+def dict_collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``[{field: value}, ...]`` → ``{field: batched}``, as ``torch.utils.data.default_collate``
+    does: tensors of one shape stacked (in shared memory in a worker), numbers to a tensor,
+    strings, bytes, JSON values and tensors of different shapes to lists. A field some samples
+    lack is a list with None for them.
+
+    Raises:
+        ValueError: images (uint8 3-D tensors of an image field) of different sizes, with what to do.
+    """
+    names = list(dict.fromkeys(k for sample in batch for k in sample))
+    out = {}
+    for name in names:
+        values = [sample.get(name) for sample in batch]
+        out[name] = _collate_field(name, values)
+    return out
+
+
+def _collate_field(name: str, values: list) -> Any:
+    first = values[0]
+    if any(v is None for v in values):
+        return values
+    if isinstance(first, torch.Tensor) and all(isinstance(v, torch.Tensor) for v in values):
+        if all(v.shape == first.shape and v.dtype == first.dtype for v in values):
+            return default_collate(values)
+        if codec_of(name).image:
+            odd = next(v.shape for v in values if v.shape != first.shape)
+            raise ValueError(f"images of field {name!r} in a batch differ in size ({tuple(first.shape)} and "
+                             f"{tuple(odd)}): give StreamingDataset a transform that crops or resizes them to "
+                             f"one size, e.g. torchvision.transforms.v2.RandomResizedCrop(224)")
+        return values
+    if all(type(v) is int for v in values):
+        return torch.tensor(values, dtype=torch.int64)
+    if all(type(v) is float for v in values):
+        return torch.tensor(values, dtype=torch.float64)
+    if all(type(v) is bool for v in values):
+        return torch.tensor(values)
+    return values
 
 
 def pad_collate(batch: Sequence[tuple[Any, int]], *, padding_value: int = 0, sort_by_length: bool = False,

@@ -20,12 +20,15 @@ class DeviceLoader:
     Every tensor of a batch (tuples, lists and dicts are walked) is copied with
     ``non_blocking=True``; on CUDA the copy of the next batch runs on a side stream while the
     consumer works on the current one, and the consumer's stream waits for it before the batch is
-    handed out. uint8 tensors of 4 dimensions (image batches B×C×H×W) become ``dtype`` on the
-    device: divided by 255 and, with ``mean`` and ``std`` (per channel, in the 0-1 scale of
-    torchvision's ``Normalize``, e.g. ImageNet's ``(0.485, 0.456, 0.406)``), normalised, in one
-    multiply-add over a fresh tensor (``channels_last`` gives it that memory format). Other
-    tensors (tokens, lengths, labels, masks) are moved as they are. On a CPU device the same
-    conversion runs in the calling process, so CPU-only code takes the same path.
+    handed out. Image batches (uint8 B×C×H×W) become ``dtype`` on the device: divided by 255 and,
+    with ``mean`` and ``std`` (per channel, in the 0-1 scale of torchvision's ``Normalize``, e.g.
+    ImageNet's ``(0.485, 0.456, 0.406)``), normalised, in one multiply-add over a fresh tensor
+    (``channels_last`` gives it that memory format). Which entries are image batches:
+    ``image_keys`` (positions in a tuple batch, or field names of a dict batch), by default the
+    loader's own (``make_loader`` knows them from the dataset's schema: a uint8 mask or token
+    batch is only moved); for another loader, every uint8 tensor of 4 dimensions. Other tensors
+    (tokens, lengths, labels, masks) are moved as they are. On a CPU device the same conversion
+    runs in the calling process, so CPU-only code takes the same path.
 
     ``len()``, ``state_dict()`` and ``load_state_dict()`` are the loader's; the state is that
     after the batch last handed out (not the one prefetched).
@@ -33,11 +36,14 @@ class DeviceLoader:
 
     def __init__(self, loader: Iterable[Any], device: str | torch.device, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, *, channels_last: bool = False,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, image_keys: Sequence[int | str] | None = None) -> None:
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std, or neither")
         self.loader, self.device, self.dtype = loader, torch.device(device), dtype
         self.channels_last = channels_last
+        keys = image_keys if image_keys is not None else getattr(loader, "image_keys", None)
+        #: where image batches sit (None: any uint8 4-D tensor)
+        self.image_keys = None if keys is None else frozenset(keys)
         if mean is None:
             scale, shift = torch.tensor([1 / 255]), torch.tensor([0.0])
         else:
@@ -87,16 +93,28 @@ class DeviceLoader:
             self._state = state
             yield batch
 
-    def _convert(self, value: Any) -> Any:
+    def _convert(self, value: Any, image: bool | None = None) -> Any:
+        """``value`` on the device; ``image``: whether it is an image batch (None: not known yet,
+        decided below the batch's top level by ``image_keys``)."""
         if isinstance(value, torch.Tensor):
             moved = value.to(self.device, non_blocking=True)
-            return self._normalise(moved) if moved.dtype == torch.uint8 and moved.ndim == 4 else moved
-        if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
-            return type(value)(*(self._convert(v) for v in value))
+            if image is None:
+                image = self.image_keys is None
+            return self._normalise(moved) if image and moved.dtype == torch.uint8 and moved.ndim == 4 else moved
+        if image is None and self.image_keys is not None:
+            keys = self.image_keys
+            if isinstance(value, dict):
+                return {k: self._convert(v, k in keys) for k, v in value.items()}
+            if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
+                return type(value)(*(self._convert(v, i in keys) for i, v in enumerate(value)))
+            if isinstance(value, (tuple, list)):
+                return type(value)(self._convert(v, i in keys) for i, v in enumerate(value))
+        if isinstance(value, tuple) and hasattr(value, "_fields"):
+            return type(value)(*(self._convert(v, image) for v in value))
         if isinstance(value, (tuple, list)):
-            return type(value)(self._convert(v) for v in value)
+            return type(value)(self._convert(v, image) for v in value)
         if isinstance(value, dict):
-            return {k: self._convert(v) for k, v in value.items()}
+            return {k: self._convert(v, image) for k, v in value.items()}
         return value
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:

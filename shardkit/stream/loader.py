@@ -1,30 +1,39 @@
-"""``make_loader``: a DataLoader over a ``StreamingDataset`` that batches in the workers, seeds
-them reproducibly, advances the epoch, and saves and restores its position.
+"""``make_loader``: a DataLoader over a ``StreamingDataset`` that batches like a map-style
+DataLoader, reads in its workers, and saves one state that is the same on every rank.
 
-How the position is known: the collate function runs in the worker right after the batch's
-samples were drawn, so it attaches the worker's progress (which worker, items yielded, whether
-that was its last) to the batch; the loader strips it and keeps the latest per worker. DataLoader
-takes batches from the workers in a fixed round robin (a worker that runs out is passed over),
-so a state is the epoch, each worker's position and the next worker in the round; a restored
-loader makes its DataLoader worker 0 play that next worker.
+How: the main process plans the epoch (``dataset.begin``: which segments each worker of each rank
+reads, cut into batches, only the rank's last batch partial) and its sampler hands DataLoader one
+*unit* per request: the segments of a batch (or of a few batches, for tiny samples) of one
+planned worker, in the round robin DataLoader itself follows, so every DataLoader worker keeps
+reading its own stretch of shards sequentially. A worker reads the unit's samples
+(``SampleStream``), decodes, transforms and collates them; the main process only counts the
+batches it hands out. So the state is a pure function of the epoch, its plan and that count: the
+same on every rank at the same step, with no message from the workers and nothing read from
+DataLoader's internals.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
+import random
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from .collate import BucketBatchSampler, image_collate, pad_collate
+from .bundle import bundle, unbundle
+from .collate import BucketBatchSampler
 from .dataset import StreamingDataset, seed_globals
-from .state import StreamState, derive_seed
+from .plan import Layout, Segment, batch_order, samples_per_rank, take, worker_ranges
+from .state import derive_seed
 
 log = logging.getLogger(__name__)
+
+#: Samples per request for datasets of tiny samples (blocks): one request's batches travel as one
+#: bundle of tensors, since each tensor crossing from a worker costs tens of µs.
+UNIT_SAMPLES = 4096
 
 
 def default_num_workers() -> int:
@@ -43,6 +52,10 @@ def make_loader(dataset: StreamingDataset, batch_size: int | None = None, *, max
                 worker_init_fn: Callable[[int], None] | None = None, **dataloader_kwargs: Any) -> StreamingLoader:
     """A :class:`StreamingLoader` (a ``torch.utils.data.DataLoader``) over ``dataset``.
 
+    An epoch of N samples per rank gives ``ceil(N / batch_size)`` batches, all full but the last
+    (``floor`` with ``drop_last``, which drops fewer than ``batch_size`` samples per rank),
+    whatever ``num_workers``.
+
     Args:
         batch_size: samples per batch.
         max_tokens: for sequences, batches of as many samples as fit this many padded tokens
@@ -50,19 +63,23 @@ def make_loader(dataset: StreamingDataset, batch_size: int | None = None, *, max
         bucketing: for sequences, batch similar lengths together (sorted within a window of
             samples, batches shuffled); True uses a default ``BucketBatchSampler``, or pass one.
         num_workers: DataLoader worker processes; default the usable CPUs, at most 8.
-        collate_fn: default ``image_collate`` for images, ``pad_collate`` for sequences. Runs in
-            the workers.
+        collate_fn: default the kind's (``image_collate``, ``pad_collate``, ``row_collate``,
+            ``dict_collate``). Runs in the workers.
         pin_memory: default True when CUDA is available.
         persistent_workers: keep the workers between epochs (ignored without workers).
-        prefetch_factor: batches each worker prepares ahead (DataLoader's default 2).
-        drop_last: drop each worker's last incomplete batch.
+        prefetch_factor: requests each worker has in hand (DataLoader's default 2).
+        drop_last: drop the rank's last, incomplete batch.
         worker_init_fn: called in each worker after shardkit seeded ``random``, NumPy and torch
             from ``(seed, epoch, rank, worker)``. (They are seeded again at each epoch.)
         dataloader_kwargs: passed to DataLoader (``multiprocessing_context``, ``timeout``, ...).
+            ``shuffle`` and ``sampler=None`` / ``batch_sampler=None`` are accepted (a script's
+            harmless defaults); the order is the dataset's.
 
     Raises:
         ValueError: neither ``batch_size`` nor ``max_tokens``; bucketing or ``max_tokens`` for
-            images; an argument that would break the order (``in_order=False``, a sampler).
+            other than sequences; an argument that would break the order (``in_order=False``, a
+            sampler, a ``shuffle`` that contradicts the dataset's).
+        TypeError: ``dataset`` is not a StreamingDataset (or ``Mix``).
     """
     return StreamingLoader(dataset, batch_size, max_tokens=max_tokens, bucketing=bucketing,
                            num_workers=num_workers, collate_fn=collate_fn, pin_memory=pin_memory,
@@ -70,16 +87,38 @@ def make_loader(dataset: StreamingDataset, batch_size: int | None = None, *, max
                            drop_last=drop_last, worker_init_fn=worker_init_fn, **dataloader_kwargs)
 
 
+class Unit(NamedTuple):
+    """One request to a worker: the segments of each batch to make, from one planned worker.
+
+    ``epoch``: for seeding the worker's globals; ``check``: shards to check before the first read
+    (sent with a planned worker's first unit); ``ahead``: the next unit's first shard and sample,
+    opened early; ``seed``: the bucketing's shuffle seed."""
+
+    epoch: int
+    batches: tuple[tuple[Segment, ...], ...]
+    check: tuple[int, ...] = ()
+    ahead: tuple[int, int] | None = None
+    seed: int = 0
+
+
+class Fetched(NamedTuple):
+    """What a worker sends back for a unit: its batches (bundled when small) and new damage records."""
+
+    batches: Any
+    errors: list
+    bundled: bool
+
+
 class StreamingLoader(DataLoader):
     """A DataLoader over a :class:`StreamingDataset`; build it with :func:`make_loader`.
 
     Besides what a DataLoader does: ``len()`` is the batches per epoch of this rank;
-    ``state_dict()`` / ``load_state_dict()`` save and restore the position (a loader restored
-    from the state taken after batch k, in a fresh process with the same world size, rank, seed
-    and ``num_workers``, yields exactly the batches the saved one yields after k); the dataset's
-    epoch advances at every iteration, and ``dataset.set_epoch(e)`` is honoured even with
-    persistent workers (they are restarted when they would read another epoch).
-    ``loader.stream`` is the StreamingDataset.
+    ``state_dict()`` is the position after the last batch yielded, the same value on every rank
+    at the same step (save rank 0's); ``load_state_dict()`` restores it on any world size,
+    ``num_workers`` and batch size (the rest of the epoch is laid out anew: every sample not yet
+    consumed comes exactly once), and on the same layout gives exactly the batches the saved run
+    would have given. The dataset's epoch advances at every iteration, and ``dataset.set_epoch``
+    is honoured, persistent workers or not. ``loader.stream`` is the StreamingDataset.
     """
 
     def __init__(self, dataset: StreamingDataset, batch_size: int | None = None, *, max_tokens: int | None = None,
@@ -88,12 +127,9 @@ class StreamingLoader(DataLoader):
                  persistent_workers: bool = True, prefetch_factor: int | None = None, drop_last: bool = False,
                  worker_init_fn: Callable[[int], None] | None = None, **dataloader_kwargs: Any) -> None:
         if not isinstance(dataset, StreamingDataset):
-            raise TypeError(f"make_loader needs a shardkit StreamingDataset, not {type(dataset).__name__}")
-        for name in ("shuffle", "sampler", "batch_sampler"):
-            if name in dataloader_kwargs:
-                raise ValueError(f"{name} does not apply: StreamingDataset shuffles and partitions by itself")
-        if dataloader_kwargs.get("in_order", True) is not True:
-            raise ValueError("in_order=False would make the batch order, and so resuming, depend on timing")
+            raise TypeError(f"make_loader needs a shardkit StreamingDataset (or shardkit.Mix), not "
+                            f"{type(dataset).__name__}")
+        _check_harmless(dataset, dataloader_kwargs)
         if batch_size is None and max_tokens is None and not isinstance(bucketing, BucketBatchSampler):
             raise ValueError("give batch_size, max_tokens, or a BucketBatchSampler as bucketing")
         batcher = None
@@ -105,23 +141,31 @@ class StreamingLoader(DataLoader):
         if batcher is not None and dataset.kind != "sequences":
             raise ValueError("bucketing and max_tokens apply to sequences, not images")
         workers = default_num_workers() if num_workers is None else num_workers
-        if collate_fn is None:
-            collate_fn = image_collate if dataset.kind == "images" else pad_collate
+        self.stream, self._batcher = dataset, batcher
+        if batcher is not None:
+            # one planned "batch" is one bucketing window, made into batches by the worker
+            self.plan_layout = dataset.layout(workers, batcher.window)
+        else:
+            unit = max(1, UNIT_SAMPLES // batch_size) if dataset.schema.blocks is not None else 1
+            self.plan_layout = dataset.layout(workers, batch_size, drop_last=drop_last, unit=unit)
+        self._init = _WorkerInit(dataset, worker_init_fn)
+        fetcher = _Fetcher(dataset, collate_fn or dataset.view.collate, batcher,
+                           bundle_small=batcher is None and self.plan_layout.unit > 1)
+        self._units = _Units(dataset, self.plan_layout)
         kwargs: dict[str, Any] = dict(
-            num_workers=workers, collate_fn=_Tagged(collate_fn, dataset if workers == 0 else None),
+            num_workers=workers, batch_size=None, sampler=self._units, collate_fn=_identity,
             pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-            worker_init_fn=_WorkerInit(worker_init_fn), persistent_workers=persistent_workers and workers > 0)
+            worker_init_fn=self._init, persistent_workers=persistent_workers and workers > 0)
         if workers > 0 and prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
-        if batcher is None:
-            super().__init__(dataset, batch_size=batch_size, drop_last=drop_last, **kwargs, **dataloader_kwargs)
-        else:
-            super().__init__(dataset.batched(batcher), batch_size=None, **kwargs, **dataloader_kwargs)
-        self.stream = dataset
-        self._batcher = batcher
-        self._items_per_batch = None if batcher is not None or not drop_last else batch_size
-        self._live: _Live | None = None
-        self._workers_epoch: int | None = None  # the epoch persistent workers read next
+        super().__init__(fetcher, **kwargs, **dataloader_kwargs)
+        self.run = None
+
+    @property
+    def image_keys(self) -> tuple:
+        """Where the image batches sit in a batch (positions or field names): what ``DeviceLoader``
+        normalises (masks, tokens and other uint8 tensors are only moved)."""
+        return self.stream.view.image_keys
 
     # -- size --------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -130,135 +174,202 @@ class StreamingLoader(DataLoader):
         Raises:
             TypeError: with ``max_tokens`` (the count depends on the lengths drawn).
         """
-        counts = self.stream.worker_counts(self.num_workers)
-        if self._batcher is not None:
-            batches = [self._batcher.num_batches(c) for c in counts]
-            if None in batches:
-                raise TypeError("the number of batches per epoch is unknown with max_tokens")
-            return sum(batches)
-        b = self.batch_size
-        return sum(c // b if self.drop_last else -(-c // b) for c in counts)
+        stream = self.stream
+        per_rank = samples_per_rank(stream.epoch_samples, self.plan_layout, stream.rank)
+        counts = [hi - lo for lo, hi in worker_ranges(per_rank, self.plan_layout)]
+        batcher = self._batcher
+        if batcher is None:
+            return sum(-(-c // self.plan_layout.batch_size) for c in counts)
+        windows = [n for c in counts for n in _window_sizes(c, batcher.window)]
+        batches = [batcher.num_batches(n) for n in windows]
+        if None in batches:
+            raise TypeError("the number of batches per epoch is unknown with max_tokens")
+        return sum(batches)
 
     # -- iteration ---------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
-        stream, plan = self.stream, self.stream._state
-        if self.num_workers > 0:
-            if self._iterator is not None and (plan.resuming or self._workers_epoch != plan.epoch):
-                self._drop_workers()  # they would read another epoch, or not resume
-            inner = super().__iter__()
-            stream._state = StreamState(plan.epoch + 1)  # the workers took their copy
-            self._workers_epoch = plan.epoch + 1 if self.persistent_workers else None
-            stream.errors = []
-        else:
-            inner = super().__iter__()  # iter(stream) advanced its state
-        totals = stream.worker_counts(self.num_workers)
-        live = self._live = _Live(plan, max(self.num_workers, 1), totals, self._items_per_batch)
-        return self._batches(inner, live)
+        self.run = self._units.run = run = self.stream.begin(self.plan_layout)
+        if self._batcher is not None and run.start.consumed:
+            raise ValueError("a bucketing loader resumes on the layout it was saved on (same world size, "
+                             "num_workers and batch size)")
+        self._init.epoch = run.epoch  # for workers started by this iteration
+        errors = self.stream.errors
+        errors.clear()
+        return self._batches(super().__iter__(), run, errors)
 
-    def _batches(self, inner: Iterator[Any], live: _Live) -> Iterator[Any]:
-        errors = self.stream.errors if self.num_workers > 0 else None
+    def _batches(self, inner: Iterator[Fetched], run, errors: list) -> Iterator[Any]:
+        # batches of the first unit that a restored state had handed out already
+        skip = run.into if self._batcher is not None else run.position - _unit_start(run, self.plan_layout, self.stream.rank)
+        run.active = True
         try:
-            for tag, batch in inner:
-                live.update(tag)
-                if errors is not None and tag[3]:
-                    errors.extend(tag[3])
-                yield batch
-        except RuntimeError as err:
-            live.name_workers(err)
-            raise
-        if self._live is live:
-            self._live = None
-
-    def _drop_workers(self) -> None:
-        iterator, self._iterator = self._iterator, None
-        shutdown = getattr(iterator, "_shutdown_workers", None)
-        if shutdown is not None:  # else they go when the iterator is collected
-            shutdown()
+            for fetched in inner:
+                errors.extend(fetched.errors)
+                batches = unbundle(fetched.batches) if fetched.bundled else fetched.batches
+                for batch in batches:
+                    if skip:
+                        skip -= 1
+                        continue
+                    if self._batcher is None:
+                        run.advance()
+                    else:
+                        run.into += 1
+                    yield batch
+                if self._batcher is not None:  # a window is done
+                    run.advance()
+                    run.into = 0
+        finally:
+            run.active = False
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The position after the last batch yielded: plain ints and lists (``torch.save`` it and
-        ``torch.load(..., weights_only=True)`` it back)."""
-        live = self._live
-        if live is None or all(live.finished):  # the next iteration starts a new epoch
-            state = self.stream._state
-        else:
-            state = StreamState(live.epoch, tuple(live.positions), tuple(live.finished), live.next_worker)
-        return {**state.to_dict(), **self._identity()}
+        """The position after the last batch yielded: plain values (``torch.save`` it and
+        ``torch.load(..., weights_only=True)`` it back, or JSON), the same on every rank."""
+        return self.stream.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state`` at the next iteration.
+        """Continue from ``state`` at the next iteration, on this loader's layout.
 
         Raises:
-            ValueError: a state saved with another num_workers, world size, rank or seed.
+            ValueError: a state of another dataset, seed, shuffle setting or epoch size, a newer
+                state format, or loading while an iteration is under way.
         """
-        for key, value in self._identity().items():
-            if state.get(key) != value:
-                raise ValueError(f"the state was saved with {key}={state.get(key)!r}, this loader has {value!r}: "
-                                 f"resume with the same settings")
         self.stream.load_state_dict(state)
-        self._live = None
-        if self._iterator is not None:
-            self._drop_workers()
-
-    def _identity(self) -> dict[str, int]:
-        s = self.stream
-        return {"num_workers": self.num_workers, "world_size": s.world_size, "rank": s.rank, "seed": s.seed}
 
 
-class _Live:
-    """The iteration in progress as the main process sees it, from the batches' tags."""
-
-    def __init__(self, plan: StreamState, workers: int, totals: list[int], items_per_batch: int | None) -> None:
-        self.epoch = plan.epoch
-        self.positions = list(plan.positions) if plan.resuming else [0] * workers
-        self.finished = list(plan.finished) if plan.resuming else [False] * workers
-        self.finished = [f or n == 0 for f, n in zip(self.finished, totals)]
-        self.next_worker = plan.first_worker
-        self.totals, self.items_per_batch = totals, items_per_batch
-        self.pids: dict[int, int] = {}
-
-    def update(self, tag: tuple) -> None:
-        worker, position, finished, _, pid = tag
-        self.positions[worker] = position
-        # with drop_last the worker's last, incomplete batch never comes: it is done already
-        self.finished[worker] = finished or (self.items_per_batch is not None and
-                                             self.totals[worker] - position < self.items_per_batch)
-        self.next_worker = (worker + 1) % len(self.positions)
-        self.pids[pid] = worker
-
-    def name_workers(self, err: RuntimeError) -> None:
-        """Add the shardkit worker (and its epoch) to DataLoader's "worker (pid N) ..." errors."""
-        found = [int(p) for p in re.findall(r"\d+", " ".join(re.findall(r"pid\(?s?\)? ([\d, ]+)", str(err))))]
-        named = [f"pid {p} is worker {self.pids[p]}" for p in found if p in self.pids]
-        if named and hasattr(err, "add_note"):
-            err.add_note(f"shardkit: {', '.join(named)} of {len(self.positions)}, epoch {self.epoch}")
+def _unit_start(run, layout: Layout, rank: int) -> int:
+    """The batch position where the unit holding batch ``run.position`` begins."""
+    counts = run.plan.counts(rank)
+    if layout.unit == 1:
+        return run.position
+    j = 0
+    for j0, group in _unit_groups(counts, layout):
+        if j0 + len(group) > run.position:
+            return j0
+        j = j0 + len(group)
+    return j
 
 
-class _Tagged:
-    """The collate function, returning ``(progress tag, batch)``; see the module docstring."""
+def _unit_groups(counts: list[int], layout: Layout):
+    """``(first batch position, [(worker, batch), ...])`` of each unit of a rank, in order."""
+    order = list(batch_order(counts, layout.batch_size, layout.unit))
+    j = 0
+    while j < len(order):
+        w = order[j][0]
+        k = j
+        while k < len(order) and order[k][0] == w and k - j < layout.unit:
+            k += 1
+        yield j, order[j:k]
+        j = k
 
-    def __init__(self, collate_fn: Callable[[list], Any], local: StreamingDataset | None) -> None:
-        self.collate_fn, self.local = collate_fn, local
 
-    def __call__(self, items: list) -> tuple[tuple, Any]:
-        batch = self.collate_fn(items)
+class _Units(Sampler):
+    """The sampler: the units of ``run`` (the loader's current one, set at each iteration), from
+    its position on. (It keeps no reference to the loader: DataLoader holds it.)"""
+
+    def __init__(self, stream: StreamingDataset, layout: Layout) -> None:
+        self.stream, self.layout = stream, layout
+        self.run = None
+
+    def __len__(self) -> int:
+        per_rank = samples_per_rank(self.stream.epoch_samples, self.layout, self.stream.rank)
+        counts = [hi - lo for lo, hi in worker_ranges(per_rank, self.layout)]
+        return sum(1 for _ in _unit_groups(counts, self.layout))
+
+    def __iter__(self) -> Iterator[Unit]:
+        run, layout, stream = self.run, self.layout, self.stream
+        segments = run.plan.workers[stream.rank]
+        counts = run.plan.counts(stream.rank)
+        b = layout.batch_size
+        start = _unit_start(run, layout, stream.rank)
+        checked: set[int] = set()
+        units = [(j0, group) for j0, group in _unit_groups(counts, layout) if j0 + len(group) > start]
+        for i, (j0, group) in enumerate(units):
+            w = group[0][0]
+            batches = tuple(tuple(take(segments[w], n * b, min((n + 1) * b, counts[w]))) for _, n in group)
+            check = ()
+            if w not in checked:
+                checked.add(w)
+                check = tuple(sorted({s.shard for s in segments[w]}))
+            ahead = None
+            if i + 1 < len(units):
+                nxt = units[i + 1][1]
+                first = take(segments[nxt[0][0]], nxt[0][1] * b, nxt[0][1] * b + 1)
+                if first:
+                    ahead = (first[0].shard, first[0].start + (first[0].lo if first[0].seed is None else 0))
+            yield Unit(run.epoch, batches, check, ahead, derive_seed(stream.seed, run.epoch, stream.rank, j0))
+
+
+def _window_sizes(count: int, window: int) -> list[int]:
+    """The sizes of the bucketing windows a worker's ``count`` samples are cut into."""
+    return [min(window, count - a) for a in range(0, count, window)]
+
+
+class _Fetcher(Dataset):
+    """The map-style dataset DataLoader's workers index with units: each unit's batches, made here."""
+
+    def __init__(self, dataset: StreamingDataset, collate_fn: Callable[[list], Any],
+                 batcher: BucketBatchSampler | None, bundle_small: bool) -> None:
+        self.dataset, self.collate_fn, self.batcher, self.bundle_small = dataset, collate_fn, batcher, bundle_small
+        self._epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def seeded(self, epoch: int) -> None:
+        """The worker's globals were seeded for ``epoch`` (by ``_WorkerInit``)."""
+        self._epoch = epoch
+
+    def __getitem__(self, unit: Unit) -> Fetched:
+        stream = self.dataset.sample_stream()
         info = get_worker_info()
-        stream = self.local if info is None else info.dataset
-        return stream._take_progress(), batch
+        if info is not None and unit.epoch != self._epoch:  # a new epoch in a persistent worker
+            self._epoch = unit.epoch
+            seed_globals(derive_seed(self.dataset.seed, unit.epoch, self.dataset.rank, info.id))
+        if unit.check:
+            stream.check(unit.check)
+        if self.batcher is None:
+            batches = [stream.batch(segs, self.collate_fn) for segs in unit.batches]
+        else:
+            samples = list(stream.samples(s for segs in unit.batches for s in segs))
+            batches = [self.collate_fn(batch) for batch in self.batcher(samples, random.Random(unit.seed))]
+        if unit.ahead is not None:
+            stream.reader.open_ahead(*unit.ahead)
+        errors = stream.errors.take_new()
+        if self.bundle_small and len(batches) > 1:
+            return Fetched(bundle(batches), errors, True)
+        return Fetched(batches, errors, False)
+
+
+def _check_harmless(dataset: StreamingDataset, kwargs: dict[str, Any]) -> None:
+    """Accept what a training script passes by habit; refuse what would change the order."""
+    for name in ("sampler", "batch_sampler"):
+        if kwargs.pop(name, None) is not None:
+            raise ValueError(f"{name} does not apply: StreamingDataset partitions and orders the samples across "
+                             f"ranks and workers itself (that is what makes its epochs exact and resumable); "
+                             f"pass rank/world_size to the dataset instead of a DistributedSampler")
+    shuffle = kwargs.pop("shuffle", None)
+    if shuffle is not None and bool(shuffle) != dataset.shuffle:
+        raise ValueError(f"shuffle={shuffle} does not apply to make_loader: the order is the dataset's, which "
+                         f"{'shuffles' if dataset.shuffle else 'does not shuffle'}; set "
+                         f"StreamingDataset(..., shuffle={bool(shuffle)}) instead")
+    if kwargs.get("in_order", True) is not True:
+        raise ValueError("in_order=False would make the batch order, and so resuming, depend on timing")
+
+
+def _identity(value: Any) -> Any:
+    return value
 
 
 class _WorkerInit:
-    """Seeds ``random``, NumPy and torch in a new worker, then runs the user's ``worker_init_fn``."""
+    """Seeds ``random``, NumPy and torch in a new worker for the epoch it starts in (``epoch``, set
+    by the loader before it starts workers), then runs the user's ``worker_init_fn``."""
 
-    def __init__(self, user_fn: Callable[[int], None] | None) -> None:
-        self.user_fn = user_fn
+    def __init__(self, dataset: StreamingDataset, user_fn: Callable[[int], None] | None) -> None:
+        self.dataset, self.user_fn, self.epoch = dataset, user_fn, 0
 
     def __call__(self, worker_id: int) -> None:
-        info = get_worker_info()
-        stream = getattr(info.dataset, "dataset", info.dataset)
-        state = stream._state
-        worker = (worker_id + state.first_worker) % info.num_workers
-        seed_globals(derive_seed(stream.seed, state.epoch, stream.rank, worker))
+        d = self.dataset
+        seed_globals(derive_seed(d.seed, self.epoch, d.rank, worker_id))
+        get_worker_info().dataset.seeded(self.epoch)
         if self.user_fn is not None:
             self.user_fn(worker_id)

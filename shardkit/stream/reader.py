@@ -1,42 +1,51 @@
-"""Reading stages: pieces of shards → tar members → samples (raw, undecoded), with the error policy.
+"""Reading samples out of shards, by index, with the error policy.
 
-One chain per piece: open the shard (``storage.open_shard``, local or remote, in the process
-that reads), expand its members (``format.tar.iter_members``), group them by key
-(``format.records.group_samples``), build samples, keep those of the piece's range.
+A :class:`ShardReader` belongs to one process (a DataLoader worker, or the main process). It
+keeps the shard it reads open and positioned, so reading the samples that follow continues the
+same sequential stream; reading elsewhere opens the shard again at the group holding the first
+sample wanted (a seek locally, a ranged request remotely), found in the shard's index. The chain
+is: open (``storage.open_shard``) → tar members (``format.tar.iter_members``) → groups by key
+(``format.records.group_samples``) → samples (one per group, or a block's rows).
 
-A sample's index in a shard is its ordinal among the member groups (images) or the running
-count of sequences over the blocks whose lengths can be read (sequences). Damage that makes a
-group vanish shifts the indices after it the same way for every reader of the shard, so ranges
-given to different workers still never overlap: no sample is read twice, and the samples a
-damaged shard lacks are counted once, by the reader whose range reaches past its end.
+Samples are identified by their index in the shard: with an index, a group is known by its byte
+offset, so damage that makes one vanish shifts nothing; without one (version 1 datasets), by its
+ordinal from the shard's start, which every reader counts the same way since they all read from
+there. A sample that cannot be read is ``None`` in what :meth:`ShardReader.read` returns; the
+caller stands in for it (see ``dataset``) and counts it.
 """
 
 from __future__ import annotations
 
-import hashlib
+import bisect
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .. import storage
-from ..errors import ManifestError, ShardError
-from ..format.records import LABEL_EXT, LENGTHS_EXT, decode_block, group_samples, load_npy
+from ..errors import ManifestError, ShardError, StorageError
+from ..format.blocks import Block
+from ..format.index import ShardIndex
+from ..format.records import Group, group_samples
 from ..format.tar import iter_members
-from .partition import Piece
-from .sources import WDS_IMAGE_EXTENSIONS, ShardRef, Source
+from ..storage.files import HashingReader
+from .sources import Source, load_index
 
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "skip")
 
 
-class RawImage(NamedTuple):
-    """An image sample before decoding: its bytes, its label, and where it came from."""
+class BlockItem(NamedTuple):
+    """Sample ``index`` of a decoded block (whose key is ``key``)."""
 
-    data: bytes
-    label: int
-    shard: str
-    member: str
+    block: Block
+    index: int
+    key: str
+
+
+#: A sample before decoding: its group of members (one sample per key), or a block's row.
+Raw = Group | BlockItem
 
 
 class ReadOptions(NamedTuple):
@@ -58,18 +67,28 @@ class ErrorLog:
         self.policy = policy
         self.records: list[dict[str, Any]] = []
         self.new: list[dict[str, Any]] = []
+        self._seen: set[tuple] = set()
 
     @property
     def dropped(self) -> int:
         return sum(r["dropped"] for r in self.records)
 
-    def damaged(self, err: ShardError, dropped: int) -> None:
+    def damaged(self, err: ShardError, dropped: int = 0) -> None:
+        """Record ``err`` (once per place), with ``dropped`` samples lost to it; raise under ``"raise"``."""
         if self.policy == "raise":
             raise err
+        where = (err.shard, err.member, err.offset, str(err))
+        if where in self._seen and not dropped:
+            return
+        self._seen.add(where)
         record = {"shard": err.shard, "member": err.member, "offset": err.offset, "error": str(err),
                   "dropped": dropped}
         self.records.append(record)
         self.new.append(record)
+
+    def extend(self, records: Iterable[dict[str, Any]]) -> None:
+        for record in records:
+            self.records.append(record)
 
     def take_new(self) -> list[dict[str, Any]]:
         new, self.new = self.new, []
@@ -79,15 +98,15 @@ class ErrorLog:
         if self.records:
             shown = "; ".join(r["error"] for r in self.records[:3])
             more = f" (and {len(self.records) - 3} more)" if len(self.records) > 3 else ""
-            log.warning("%s: skipped %d damaged samples at %d places (on_error='skip'): %s%s",
-                        where, self.dropped, len(self.records), shown, more)
+            log.warning("%s: %d damaged samples at %d places were replaced by repeats of intact ones "
+                        "(on_error='skip'): %s%s", where, self.dropped, len(self.records), shown, more)
 
 
 def check_shards(source: Source, indices: Iterable[int], storage_options: dict[str, Any] | None,
                  errors: ErrorLog) -> set[int]:
     """Check that the shards exist with the sizes the manifest (or the count) recorded, before
-    anything is read. Under ``"skip"`` the problems are recorded and the missing shards returned
-    (their samples will be dropped); a shard of another size is read and loses what it lacks.
+    anything is read. Under ``"skip"`` the problems are recorded and the missing shards returned;
+    a shard of another size is read and loses what it lacks.
 
     Raises:
         ManifestError: (``"raise"``) shards missing; all problems are named.
@@ -117,168 +136,196 @@ def check_shards(source: Source, indices: Iterable[int], storage_options: dict[s
         raise ShardError(text, shard=source.shards[first].name, offset=size)
     for i, size in resized:
         errors.damaged(ShardError(f"has {size} bytes, expected {source.shards[i].size}",
-                                  shard=source.shards[i].name, offset=size), 0)
+                                  shard=source.shards[i].name, offset=size))
+    for i in missing:
+        errors.damaged(ShardError("the shard is missing", shard=source.shards[i].name))
     return set(missing)
 
 
-def read_pieces(pieces: Iterable[Piece], source: Source, opts: ReadOptions, errors: ErrorLog) -> Iterator[Any]:
-    """Raw samples of the pieces, in order: :class:`RawImage` or ``(tokens array, label)``.
+@dataclass
+class _Cursor:
+    """An open shard, positioned: the next group comes from ``groups``; ``held`` is the last group
+    read (a block may serve the next read too), ``next_sample`` the index of the sample after it."""
 
-    Before the first sample, the pieces' shards are checked against the manifest
-    (:func:`check_shards`); the pieces of missing shards are counted as dropped (under ``"skip"``).
-    A remote first shard is already being fetched during the check, so the check's round trip
-    and the first shard's overlap instead of adding up.
-    """
-    read = _image_samples if source.kind == "images" else _sequence_samples
-    pieces = list(pieces)
-    ahead = None  # the next piece's shard, opened early: a remote open starts fetching at once,
-    try:          # so its first-byte latency passes while the check runs or this shard is read
-        if pieces and storage.is_url(source.shards[pieces[0].shard].path):
-            ahead = _open(source.shards[pieces[0].shard], opts)
-        missing = check_shards(source, (p.shard for p in pieces), opts.storage_options, errors)
-        for piece in pieces:
-            if piece.shard in missing:
-                errors.damaged(ShardError("the shard is missing", shard=source.shards[piece.shard].name),
-                               piece.stop - piece.start)
-        if pieces and pieces[0].shard in missing and ahead is not None:
-            ahead.close()
-            ahead = None
-        pieces = [p for p in pieces if p.shard not in missing]
-        for i, piece in enumerate(pieces):
-            raw, ahead = ahead or _open(source.shards[piece.shard], opts), None
-            following = pieces[i + 1] if i + 1 < len(pieces) else None
-            if following is not None and following.shard != piece.shard and storage.is_url(source.shards[following.shard].path):
-                ahead = _open(source.shards[following.shard], opts)
-            yield from _read_shard(raw, source, source.shards[piece.shard], piece.start, piece.stop, read, opts, errors)
-    finally:
-        if ahead is not None:
-            ahead.close()
+    shard: int
+    stream: Any
+    groups: Iterator[Group]
+    next_sample: int
+    hashing: HashingReader | None = None
+    held_first: int = -1
+    held: list = field(default_factory=list)
+    ended: bool = False
 
 
-def _open(ref: ShardRef, opts: ReadOptions):
-    return storage.open_shard(ref.path, storage_options=opts.storage_options, cache_dir=opts.cache_dir,
-                              cache_limit=opts.cache_limit, size=ref.size, sha256=ref.sha256)
+class ShardReader:
+    """Reads samples ``start..stop`` of any shard of ``source`` for one process (see the module
+    docstring); ``close()`` closes what is open (and finishes a ``verify`` hash)."""
 
+    def __init__(self, source: Source, opts: ReadOptions, errors: ErrorLog) -> None:
+        self.source, self.opts, self.errors = source, opts, errors
+        self._cursor: _Cursor | None = None
+        self._ahead: _Cursor | None = None
+        self._indexes: dict[int, ShardIndex | None] = {}
+        self._missing: set[int] = set()
+        self._verified: set[int] = set()
 
-class _Range:
-    """How far a reader is in its shard: whether damage met now falls in its range."""
+    # -- the shards this process will read ------------------------------------------------------
+    def check(self, shards: Iterable[int]) -> None:
+        """Check the shards' presence and sizes before the first sample (see :func:`check_shards`)."""
+        self._missing |= check_shards(self.source, shards, self.opts.storage_options, self.errors)
 
-    def __init__(self, start: int) -> None:
-        self.inside = start == 0
+    def open_ahead(self, shard: int, start: int) -> None:
+        """Start opening ``shard`` at sample ``start`` (a remote shard begins to arrive meanwhile)."""
+        if self._ahead is None and storage.is_url(self.source.shards[shard].path) and shard not in self._missing:
+            if self._cursor is None or self._cursor.shard != shard:
+                self._ahead = self._open(shard, start)
 
+    # -- reading --------------------------------------------------------------------------------
+    def read(self, shard: int, start: int, stop: int) -> list[Raw | None]:
+        """The raw samples ``start..stop`` of shard ``shard``; ``None`` for each that could not be
+        read (under ``on_error="skip"``; the damage is recorded).
 
-def _read_shard(raw, source: Source, ref: ShardRef, start: int, stop: int, read, opts: ReadOptions,
-                errors: ErrorLog) -> Iterator[Any]:
-    where = _Range(start)
+        Raises:
+            ShardError, ManifestError, StorageError: (``"raise"``) damaged or missing data.
+        """
+        out: list[Raw | None] = [None] * (stop - start)
+        if start >= stop or shard in self._missing:
+            return out
+        cur = self._position(shard, start)
+        while True:
+            first, held = cur.held_first, cur.held
+            lo, hi = max(first, start), min(first + len(held), stop)
+            for i in range(lo, hi):
+                out[i - start] = held[i - first]
+            if first + len(held) >= stop or cur.ended:
+                break
+            self._pull(cur, start)
+        if cur.ended and cur.next_sample < stop:
+            ref = self.source.shards[shard]
+            self.errors.damaged(ShardError(f"ends after {cur.next_sample} samples, expected {ref.samples}",
+                                           shard=ref.name))
+        return out
 
-    def on_damage(err: ShardError) -> None:
-        if where.inside:
-            errors.damaged(err, 0)
+    def close(self) -> None:
+        for cur in (self._cursor, self._ahead):
+            if cur is not None:
+                self._finish(cur)
+        self._cursor = self._ahead = None
 
-    with raw:
-        stream = _Hashing(raw) if opts.verify and ref.sha256 else raw
-        members = iter_members(stream, ref.name, size=ref.size,
-                               on_damage=None if errors.policy == "raise" else on_damage)
-        found = yield from read(group_samples(members), source, ref, start, stop, errors, where)
-        if found < stop:
-            where.inside = True
-            errors.damaged(ShardError(f"ends after {found} samples, expected {ref.samples}", shard=ref.name),
-                           stop - max(found, start))
-        elif isinstance(stream, _Hashing):
-            stream.finish(ref, errors)
+    # -- the cursor -----------------------------------------------------------------------------
+    def _position(self, shard: int, start: int) -> _Cursor:
+        """A cursor on ``shard`` that has not passed ``start``: the current one, the one opened
+        ahead, or a new one at the group holding ``start``."""
+        cur = self._cursor
+        if cur is not None and cur.shard == shard and _serves(cur, start):
+            return cur
+        if cur is not None:
+            self._finish(cur)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.shard == shard and _serves(ahead, start):
+            self._cursor = ahead
+        else:
+            if ahead is not None:
+                self._finish(ahead)
+            self._cursor = self._open(shard, start)
+        return self._cursor
 
+    def _index(self, shard: int) -> ShardIndex | None:
+        if shard not in self._indexes:
+            self._indexes[shard] = load_index(self.source.shards[shard], self.opts.storage_options)
+        return self._indexes[shard]
 
-def _image_samples(groups, source: Source, ref: ShardRef, start: int, stop: int, errors: ErrorLog,
-                   where: _Range):
-    """Yield the range's image samples; return how many samples (up to ``stop``) the shard has."""
-    index = 0
-    classes = len(source.classes) if source.classes is not None else None
-    for key, members in groups:
-        if index >= start:
-            sample = _image_sample(key, members, ref, source.labelled, classes, errors)
-            if sample is not None:
-                yield sample
-        index += 1
-        if index >= stop:
-            return index
-        where.inside = index >= start
-    return index
-
-
-def _image_sample(key: str, members: dict[str, bytes], ref: ShardRef, labelled: bool,
-                  classes: int | None, errors: ErrorLog) -> RawImage | None:
-    ext = next((e for e in WDS_IMAGE_EXTENSIONS if e in members), None)
-    if ext is None:
-        errors.damaged(ShardError(f"sample has no image member (.{', .'.join(WDS_IMAGE_EXTENSIONS)}); "
-                                  f"found {', '.join(sorted(members)) or 'nothing'}", shard=ref.name, member=key), 1)
-        return None
-    label = -1
-    if LABEL_EXT in members:
+    def _open(self, shard: int, start: int) -> _Cursor:
+        ref = self.source.shards[shard]
+        index = self._index(shard)
+        offset, first = 0, 0
+        # with verify, a shard is read (and hashed) whole, from its start, once per process
+        if index is not None and not (self.opts.verify and ref.sha256 and shard not in self._verified):
+            _, offset, first = index.locate(min(start, index.samples - 1) if index.samples else 0)
         try:
-            label = int(members[LABEL_EXT])
-        except ValueError:
-            label = None
-        if label is None or (classes is not None and not 0 <= label < classes):
-            errors.damaged(ShardError(f"label {members[LABEL_EXT][:20]!r} is not a class index",
-                                      shard=ref.name, member=f"{key}.{LABEL_EXT}"), 1)
-            return None
-    elif labelled:
-        errors.damaged(ShardError("sample has no label member", shard=ref.name, member=f"{key}.{LABEL_EXT}"), 1)
-        return None
-    return RawImage(members[ext], label, ref.name, f"{key}.{ext}")
+            raw = storage.open_shard(ref.path, storage_options=self.opts.storage_options, cache_dir=self.opts.cache_dir,
+                                     cache_limit=self.opts.cache_limit, size=ref.size, sha256=ref.sha256, offset=offset)
+        except (OSError, StorageError) as err:
+            if isinstance(err, FileNotFoundError):
+                raise ManifestError(f"shard {ref.name} is missing") from None
+            raise
+        hashing = HashingReader(raw) if offset == 0 and self.opts.verify and ref.sha256 else None
+        members = iter_members(hashing or raw, ref.name, size=ref.size, stamp=ref.stamp, start=offset,
+                               on_damage=None if self.errors.policy == "raise" else self.errors.damaged)
+        return _Cursor(shard, raw, group_samples(members), first, hashing)
 
-
-def _sequence_samples(groups, source: Source, ref: ShardRef, start: int, stop: int, errors: ErrorLog,
-                      where: _Range):
-    """Yield the range's ``(tokens, label)`` pairs; return how many sequences (up to ``stop``) the
-    shard has. Blocks wholly before ``start`` are passed over by their lengths, never decoded."""
-    index = 0
-    for key, members in groups:
-        try:
-            count = len(load_npy(members[LENGTHS_EXT], ref.name, f"{key}.{LENGTHS_EXT}"))
-        except KeyError:
-            errors.damaged(ShardError("token block has no lengths member", shard=ref.name, member=key), 0)
-            continue
-        except ShardError as err:
-            errors.damaged(err, 0)
-            continue
-        if index + count > start:
-            lo, hi = max(start - index, 0), min(stop - index, count)
+    def _pull(self, cur: _Cursor, wanted: int) -> None:
+        """Read the next group into ``cur.held`` (a group wholly before sample ``wanted`` is passed
+        over, a block undecoded); at the end of the shard, mark it ended."""
+        ref, schema = self.source.shards[cur.shard], self.source.schema
+        index = self._indexes.get(cur.shard)
+        for group in cur.groups:
+            first = cur.next_sample
+            if index is not None:
+                g = _group_number(index, group.offset)
+                if g is None:  # a group the index does not know: what a resync found in damaged data
+                    self.errors.damaged(ShardError("a group of members where the index has none", shard=ref.name,
+                                                   member=group.key, offset=group.offset))
+                    continue
+                first = index.starts[g]
+            expected = index.starts[g + 1] - first if index is not None else None
             try:
-                tokens, offsets, labels = decode_block(members, ref.name, key)
+                if group.duplicate is not None and self.source.manifest is not None:  # not as written
+                    raise ShardError(f"duplicate member {group.duplicate!r}", shard=ref.name, offset=group.offset)
+                n = schema.count(group.fields, ref.name, group.key)
+                if expected is not None and n != expected:
+                    raise ShardError(f"the group holds {n} samples, the index says {expected}", shard=ref.name,
+                                     member=group.key, offset=group.offset)
+                if first + n <= wanted:  # passed over: nothing held, so a read of it opens the shard again
+                    cur.held_first, cur.held, cur.next_sample = first + n, [], first + n
+                    return
+                held = self._samples(group, ref.name)
             except ShardError as err:
-                errors.damaged(err, hi - lo)
-            else:
-                offsets = offsets.tolist()
-                labels = labels.tolist() if labels is not None else None
-                for i in range(lo, hi):
-                    yield tokens[offsets[i]:offsets[i + 1]], -1 if labels is None else labels[i]
-        index += count
-        if index >= stop:
-            return stop
-        where.inside = index >= start
-    return index
+                n = expected or 0
+                self.errors.damaged(err)
+                held = [None] * n
+            cur.held_first, cur.held, cur.next_sample = first, held, first + n
+            return
+        cur.ended = True
+        cur.held_first, cur.held = cur.next_sample, []
+        self._finish_hash(cur)
+
+    def _samples(self, group: Group, shard: str) -> list[Raw]:
+        blocks = self.source.schema.blocks
+        if blocks is None:
+            return [group]
+        block = blocks.decode(group.fields, shard, group.key)
+        return [BlockItem(block, i, group.key) for i in range(block.size)]
+
+    def _finish(self, cur: _Cursor) -> None:
+        try:
+            if cur.hashing is not None and not cur.ended:
+                ref = self.source.shards[cur.shard]
+                if ref.size is None or ref.size - cur.hashing.size <= 32 << 20:
+                    cur.hashing.drain()
+                    self._finish_hash(cur)
+        finally:
+            cur.stream.close()
+
+    def _finish_hash(self, cur: _Cursor) -> None:
+        """After a whole shard was read and hashed: compare with the manifest (damage if different)."""
+        hashing, cur.hashing = cur.hashing, None
+        if hashing is None:
+            return
+        hashing.drain()
+        ref = self.source.shards[cur.shard]
+        self._verified.add(cur.shard)
+        found = hashing.hexdigest()
+        if found != ref.sha256 or (ref.size is not None and hashing.size != ref.size):
+            self.errors.damaged(ShardError(f"sha256 mismatch: read {hashing.size} bytes hashing to {found}, the "
+                                           f"manifest says {ref.size} bytes with sha256 {ref.sha256}", shard=ref.name))
 
 
-class _Hashing:
-    """A read-through stream that hashes and counts every byte, for ``verify=True``."""
+def _serves(cur: _Cursor, start: int) -> bool:
+    """Whether ``cur`` has not read past sample ``start`` (it still holds it, or has yet to reach it)."""
+    return cur.held_first <= start if cur.held else cur.next_sample <= start
 
-    def __init__(self, stream) -> None:
-        self._stream = stream
-        self._digest = hashlib.sha256()
-        self._bytes = 0
 
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        self._digest.update(data)
-        self._bytes += len(data)
-        return data
-
-    def finish(self, ref: ShardRef, errors: ErrorLog) -> None:
-        """Read to the end and compare with the manifest; a mismatch is damage (after the samples)."""
-        while self.read(1 << 20):
-            pass
-        found = self._digest.hexdigest()
-        if found != ref.sha256 or (ref.size is not None and self._bytes != ref.size):
-            errors.damaged(ShardError(f"sha256 mismatch: read {self._bytes} bytes hashing to {found}, the manifest "
-                                      f"says {ref.size} bytes with sha256 {ref.sha256}", shard=ref.name), 0)
+def _group_number(index: ShardIndex, offset: int) -> int | None:
+    g = bisect.bisect_left(index.offsets, offset)
+    return g if g < index.groups and index.offsets[g] == offset else None

@@ -1,15 +1,16 @@
 """What a ``StreamingDataset`` reads: the shard list of a converted dataset (from its manifest) or
-of webdataset shards without one (counted by one scan, the counts cached)."""
+of webdataset shards without one (counted by one scan, which also finds their schema and where
+each sample starts; the result cached)."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,41 +18,57 @@ from braceexpand import braceexpand
 
 from .. import storage
 from ..errors import ShardError, SourceError, StorageError
-from ..format.records import split_name
-from ..format.tar import iter_members
+from ..format.blocks import row_layout, token_layout
+from ..format.index import ShardIndex, index_name
+from ..format.records import group_samples
+from ..format.schema import Schema, infer_schema
+from ..format.tar import entry_bytes, iter_members
 from ..inspect import load_manifest
+from ..storage.files import best_effort_write
 
 log = logging.getLogger(__name__)
-
-#: Image member extensions accepted in webdataset shards (the same safe decoders as ours).
-WDS_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+_COUNT_CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
 class ShardRef:
-    """One shard to read: where it is, how it is named in messages, and what it should hold."""
+    """One shard to read: where it is, how it is named in messages, what it should hold, the stamp
+    its headers carry (None: unchecked), and where its index is (a sidecar path, or offsets found
+    by a scan)."""
 
     path: str
     name: str
     samples: int
     size: int | None = None
     sha256: str | None = None
+    stamp: str | None = None
+    index_path: str | None = None
+    index_sha256: str | None = None
+    scanned: ShardIndex | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
 class Source:
-    """A resolved source: ``kind`` ("images" or "sequences"), the shards, and for images the class
-    names (None for webdataset shards). ``labelled``: every image sample carries a ``.cls``."""
+    """A resolved source: its schema, its shards, the class names (ImageFolder datasets), the
+    manifest (None for webdataset shards) and a digest that identifies its content."""
 
-    kind: str
+    schema: Schema
     shards: tuple[ShardRef, ...]
     classes: tuple[str, ...] | None = None
-    labelled: bool = True
-    manifest: Any = None  # the Manifest, when there is one
+    manifest: Any = None
+    digest: str = ""
+
+    @property
+    def kind(self) -> str:
+        return self.schema.kind
 
     @property
     def samples(self) -> int:
         return sum(s.samples for s in self.shards)
+
+    @property
+    def counts(self) -> list[int]:
+        return [s.samples for s in self.shards]
 
 
 def resolve(source: str | os.PathLike | Sequence[str | os.PathLike], *,
@@ -62,17 +79,43 @@ def resolve(source: str | os.PathLike | Sequence[str | os.PathLike], *,
     Raises:
         ManifestError: the directory holds no valid manifest.
         SourceError: an empty shard list, or a webdataset shard that cannot be read or counted.
+        TypeError: a list of datasets (mix them with ``shardkit.Mix``) or another object.
     """
     if isinstance(source, (list, tuple)):
-        return _webdataset([os.fspath(p) for p in source], storage_options, cache_dir)
+        paths = [os.fspath(p) for p in source]
+        return _webdataset(paths, storage_options, cache_dir)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"a source is a directory, URL, brace pattern or list of shards, not {type(source).__name__}")
     path = os.fspath(source)
     if "{" in path or path.endswith(".tar"):
         return _webdataset(list(braceexpand(path)), storage_options, cache_dir)
     manifest = load_manifest(path, storage_options)
-    shards = tuple(ShardRef(storage.join(path, s.name), s.name, s.samples, s.bytes, s.sha256)
+    shards = tuple(ShardRef(storage.join(path, s.name), s.name, s.samples, s.bytes, s.sha256, s.stamp,
+                            storage.join(path, s.index_name) if s.index is not None else None,
+                            s.index["sha256"] if s.index is not None else None)
                    for s in manifest.shards)
     classes = tuple(manifest.classes) if manifest.classes is not None else None
-    return Source(manifest.kind, shards, classes, True, manifest)
+    return Source(manifest.schema, shards, classes, manifest, manifest.digest)
+
+
+def load_index(ref: ShardRef, storage_options: dict[str, Any] | None) -> ShardIndex | None:
+    """The shard's index: from its sidecar (checked against the manifest's sha256), from the
+    scan that counted it, or None when it has neither (the reader then reads from the start).
+
+    Raises:
+        ShardError: the sidecar is missing, damaged or disagrees with its shard.
+    """
+    if ref.scanned is not None:
+        return ref.scanned
+    if ref.index_path is None:
+        return None
+    try:
+        data = storage.read_bytes(ref.index_path, storage_options)
+    except (OSError, StorageError) as err:
+        raise ShardError(f"cannot read its index {index_name(ref.name)}: {err}", shard=ref.name) from None
+    if ref.index_sha256 is not None and hashlib.sha256(data).hexdigest() != ref.index_sha256:
+        raise ShardError(f"its index {index_name(ref.name)} differs from the manifest's sha256", shard=ref.name)
+    return ShardIndex.from_bytes(data, ref.name, ref.size, ref.samples)
 
 
 def default_cache_root() -> Path:
@@ -84,10 +127,21 @@ def _webdataset(paths: list[str], storage_options: dict[str, Any] | None,
                 cache_dir: str | os.PathLike | None) -> Source:
     if not paths:
         raise SourceError("no shards given: the list (or brace pattern) is empty")
+    not_tar = [p for p in paths if not p.endswith(".tar") and "://" not in p and os.path.isdir(p)]
+    if not_tar:
+        raise TypeError(f"{not_tar[0]} is a directory: StreamingDataset takes one dataset (a directory or URL "
+                        f"with a manifest) or a list of .tar shards; to read several datasets together, "
+                        f"use shardkit.Mix({{'a': StreamingDataset(...), 'b': StreamingDataset(...)}})")
     # a dot name: the shard cache in ``cache_dir`` passes over dot entries when it evicts
     counts_dir = (Path(cache_dir) if cache_dir is not None else default_cache_root()) / ".wds-counts"
-    shards = tuple(_count(path, storage_options, counts_dir) for path in paths)
-    return Source("images", shards, None, False)
+    scans = [_count(path, storage_options, counts_dir) for path in paths]
+    schema = infer_schema((frozenset(g) for scan in scans for g in scan["groups"]),
+                          blocks=all(scan["blocks"] is not None for scan in scans))
+    indexes = [_index(scan, schema) for scan in scans]
+    shards = tuple(ShardRef(path, scan["name"], index.samples, scan["size"], None, None, None, None, index)
+                   for path, scan, index in zip(paths, scans, indexes))
+    digest = hashlib.sha256("\n".join(f"{s['name']}\0{s['size']}\0{s['stamp']}" for s in scans).encode()).hexdigest()
+    return Source(schema, shards, None, None, digest)
 
 
 def _stat(path: str, storage_options: dict[str, Any] | None) -> tuple[int, str]:
@@ -102,47 +156,63 @@ def _stat(path: str, storage_options: dict[str, Any] | None) -> tuple[int, str]:
     return int(info["size"]), stamp
 
 
-def _count(path: str, storage_options: dict[str, Any] | None, counts_dir: Path) -> ShardRef:
-    """The sample count of one webdataset shard, from the cache when its size and stamp match."""
+def _count(path: str, storage_options: dict[str, Any] | None, counts_dir: Path) -> dict[str, Any]:
+    """What one scan of a webdataset shard tells (samples, where each starts, the field sets),
+    from the cache when the shard's size and stamp match."""
     size, stamp = _stat(path, storage_options)
     name = storage.safe_url(path) if storage.is_url(path) else path
     key = hashlib.sha256(f"{os.path.abspath(path) if not storage.is_url(path) else name}\0{size}\0{stamp}".encode()).hexdigest()
     cached = counts_dir / f"{key}.json"
     try:
-        samples = int(json.loads(cached.read_text())["samples"])
+        scan = json.loads(cached.read_text())
+        if scan.get("version") != _COUNT_CACHE_VERSION:
+            raise ValueError("an older cache entry")
+        list(scan["offsets"]), list(scan["groups"])
     except (OSError, ValueError, KeyError, TypeError):
-        samples = _scan(path, name, size, storage_options)
-        _write_atomically(cached, json.dumps({"path": name, "size": size, "stamp": stamp, "samples": samples}))
-    return ShardRef(path, name, samples, size, None)
+        scan = _scan(path, name, size, storage_options)
+        scan.update(version=_COUNT_CACHE_VERSION, path=name, size=size, stamp=stamp)
+        if not best_effort_write(cached, json.dumps(scan)):
+            log.warning("cannot cache the sample count in %s", cached)
+    scan["name"] = name
+    return scan
 
 
-def _scan(path: str, name: str, size: int, storage_options: dict[str, Any] | None) -> int:
-    """Samples (runs of members sharing a key) in a shard. Every sample is one the reader yields."""
-    keys, last = 0, None
+def _scan(path: str, name: str, size: int, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """Where each group (run of members sharing a key) of a shard starts and where the last one
+    ends, the distinct field sets the groups have, and each group's sample count if they are all
+    blocks as shardkit writes them. Every sample counted is one the reader yields."""
+    offsets, field_sets, block_counts, end = [], {}, [], 0
+
+    def tracked(members):
+        nonlocal end
+        for member in members:
+            end = member.offset + entry_bytes(len(member.data))
+            yield member
+
     try:
         with storage.open_shard(path, storage_options=storage_options, size=size) as stream:
-            for member in iter_members(stream, name, size=size):
-                key = split_name(member.name)[0]
-                if key != last:
-                    keys, last = keys + 1, key
+            for group in group_samples(tracked(iter_members(stream, name, size=size))):
+                offsets.append(group.offset)
+                field_sets.setdefault(tuple(sorted(group.fields)), None)
+                if block_counts is not None:
+                    block_counts = _block_count(group, name, block_counts)
     except ShardError as err:
         raise SourceError(f"cannot count the samples of webdataset shard {name}: {err}") from None
     except (OSError, StorageError) as err:
         raise SourceError(f"cannot read shard {name}: {err}") from None
-    log.info("counted %d samples in %s", keys, name)
-    return keys
+    log.info("counted %d groups in %s", len(offsets), name)
+    return {"offsets": offsets + [end], "groups": [list(g) for g in field_sets], "blocks": block_counts}
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Best effort: a cache that cannot be written only means counting again next time."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        log.warning("cannot cache the sample count in %s: %s", path, err)
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+def _block_count(group, name: str, counts: list[int]) -> list[int] | None:
+    """``counts`` plus the group's sample count if it is a block, else None (not every group is)."""
+    for layout in (token_layout(None), row_layout(None)):
+        if {c.member for c in layout.columns if not c.optional} <= group.fields.keys():
+            return counts + [layout.count(group.fields, name, group.key)]
+    return None
+
+
+def _index(scan: dict[str, Any], schema: Schema) -> ShardIndex:
+    offsets = scan["offsets"]
+    per_group = scan["blocks"] if schema.blocks is not None else [1] * (len(offsets) - 1)
+    return ShardIndex(tuple(offsets), tuple(itertools.accumulate(per_group, initial=0)))

@@ -1,18 +1,28 @@
-"""The small values that say where a stream is: who reads (rank, world size, worker) and how far
-(epoch, per-worker positions). Generators keep nothing that a checkpoint needs; this does.
+"""Who reads (rank, world size, worker) and how far (the one state object a checkpoint saves).
 
 This module is the one place that reads the environment (``torch.distributed``, DataLoader
-worker info).
+worker info). Generators keep nothing a checkpoint needs: :class:`EpochState` does, and every
+reader (the dataset's own iteration, the loader, ``DeviceLoader``) reads and advances it through
+its methods.
+
+A saved state names the epoch, what of it had been consumed before its current layout started,
+the layout, and how far that layout got (batches handed out per rank, all ranks in step), plus
+what identifies the dataset (its digest), the seed and the shuffle setting. It is the same on
+every rank at the same step, and means the same on any other layout: restoring it elsewhere lays
+out what is left of the epoch anew.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.utils.data import get_worker_info
+
+STATE_FORMAT = "shardkit.stream"
+STATE_VERSION = 2
 
 
 def resolve_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -53,39 +63,95 @@ def derive_seed(*parts: int | str) -> int:
 
 
 @dataclass(frozen=True)
-class StreamState:
-    """Where the next iteration of a stream starts.
+class Identity:
+    """What a state must agree with to be restored: the dataset, the seed, shuffling, the epoch size."""
 
-    ``epoch``: the epoch it reads. ``positions[w]``: items worker ``w`` already yielded in that
-    epoch, ``finished[w]``: whether it had yielded its last one (both None: from the start).
-    ``first_worker``: the worker that DataLoader worker 0 plays, so that a restored loader's
-    round robin over workers continues where the saved one stopped.
+    dataset: str
+    seed: int
+    shuffle: bool
+    epoch_size: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "seed": self.seed, "shuffle": self.shuffle, "epoch_size": self.epoch_size}
+
+
+@dataclass
+class EpochState:
+    """The epoch a stream is in and how far it got.
+
+    ``epoch``: the epoch read (or to be read next). ``consumed``: segments
+    (:class:`~.plan.Segment` as lists) of the epoch consumed before ``layout`` began (empty for an
+    epoch that began on its layout). ``layout``: the layout the epoch runs on (None until it
+    starts, or when a restored state must be laid out anew). ``position``: batches per rank
+    handed out on that layout (for a dataset iterated directly: samples). ``worker``: set in a
+    state one DataLoader worker saved of its own iteration (torchdata's StatefulDataLoader).
     """
 
     epoch: int = 0
-    positions: tuple[int, ...] | None = None
-    finished: tuple[bool, ...] | None = None
-    first_worker: int = 0
+    consumed: tuple = ()
+    layout: dict[str, Any] | None = None
+    position: int = 0
+    worker: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def resuming(self) -> bool:
-        return self.positions is not None
+    def started(self) -> bool:
+        return self.layout is not None or bool(self.consumed)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "positions": list(self.positions or ()),
-                "finished": list(self.finished or ()), "next_worker": self.first_worker}
+    def at_epoch(self, epoch: int) -> "EpochState":
+        """A fresh state at ``epoch``, or this one if it is already there (a restored position is kept)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, not {epoch}")
+        return self if epoch == self.epoch else EpochState(epoch)
+
+    def next_epoch(self) -> "EpochState":
+        """The state at the start of the next epoch (what mixers keep across epochs stays)."""
+        return EpochState(self.epoch + 1, extra={k: v for k, v in self.extra.items() if k != "into"})
+
+    # -- saving and restoring -----------------------------------------------------------------
+    def to_dict(self, identity: Identity) -> dict[str, Any]:
+        """Plain ints, strings, bools and lists (``torch.load(weights_only=True)`` and JSON both work)."""
+        doc = {"format": STATE_FORMAT, "version": STATE_VERSION, **identity.to_dict(), "epoch": self.epoch,
+               "consumed": [list(c) for c in self.consumed], "layout": dict(self.layout) if self.layout else None,
+               "position": self.position}
+        if self.worker is not None:
+            doc["worker"] = self.worker
+        if self.extra:
+            doc["extra"] = self.extra
+        return doc
 
     @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> StreamState:
-        """Raises ``ValueError`` for a state that is not one of ours."""
+    def from_dict(cls, state: Any, identity: Identity) -> "EpochState":
+        """The state saved by :meth:`to_dict`, checked against this stream's ``identity``.
+
+        Raises:
+            ValueError: not a shardkit stream state, a newer state format, or one saved for another
+                dataset, seed, shuffle setting or epoch size (the message says which).
+        """
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a shardkit stream state: {state!r:.200}")
+        version = state.get("version")
+        if not isinstance(version, int) or version > STATE_VERSION:
+            raise ValueError(f"the state has format version {version!r}; this shardkit reads up to "
+                             f"{STATE_VERSION}: upgrade shardkit")
+        mine = identity.to_dict()
+        for key, value in mine.items():
+            if state.get(key) != value:
+                what = {"dataset": "another dataset (its digest differs: a train state in a val loader?)",
+                        "seed": "another seed", "shuffle": f"shuffle={state.get(key)!r}",
+                        "epoch_size": "another epoch_size"}[key]
+                raise ValueError(f"the state was saved for {what}; this stream has {key}={value!r}: "
+                                 f"load it into a stream over the same data with the same settings")
         try:
-            epoch, positions = int(state["epoch"]), [int(p) for p in state["positions"]]
-            finished = [bool(f) for f in state.get("finished") or [False] * len(positions)]
-            first = int(state.get("next_worker", 0))
+            epoch, position = int(state["epoch"]), int(state["position"])
+            consumed = tuple(tuple(c) for c in state["consumed"])
+            layout = state["layout"]
+            worker = state.get("worker")
+            if layout is not None and not isinstance(layout, dict):
+                raise TypeError("layout is not a dict")
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"not a shardkit stream state ({err!r}): {state!r:.200}") from None
-        if epoch < 0 or any(p < 0 for p in positions) or len(finished) != len(positions):
-            raise ValueError(f"not a shardkit stream state: {state!r:.200}")
-        if not any(positions) and not any(finished):
-            return cls(epoch)
-        return cls(epoch, tuple(positions), tuple(finished), first % len(positions))
+        if epoch < 0 or position < 0:
+            raise ValueError(f"not a shardkit stream state (negative epoch or position): {state!r:.200}")
+        return cls(epoch, consumed, layout, position, None if worker is None else int(worker),
+                   dict(state.get("extra") or {}))

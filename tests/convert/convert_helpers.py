@@ -15,7 +15,7 @@ from PIL import Image
 import datagen
 
 from shardkit.format.manifest import MANIFEST_NAME
-from shardkit.format.records import decode_block, split_name
+from shardkit.format.records import split_name
 from shardkit.format.tar import read_members
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +39,7 @@ def read_sequences(dst) -> list[tuple[list[int], int]]:
     """Every sequence in output order as ``(tokens, label)`` (label -1 when the dataset has none)."""
     seqs = []
     for key, group in samples_by_key(dst).items():
-        tokens, offsets, labels = decode_block(group, "test", key)
+        tokens, offsets, labels = datagen.decode_token_block(group, "test", key)
         for i in range(len(offsets) - 1):
             seqs.append((tokens[offsets[i]:offsets[i + 1]].tolist(), -1 if labels is None else int(labels[i])))
     return seqs

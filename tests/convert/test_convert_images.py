@@ -15,7 +15,7 @@ import shardkit
 from convert_helpers import make_bad_tree, manifest_doc, samples_by_key
 from datagen import dst_files
 from shardkit.errors import SourceError
-from shardkit.format.records import IMAGE_EXTENSIONS
+from shardkit.format.fields import IMAGE_FORMATS as IMAGE_EXTENSIONS
 
 
 def test_webdataset_and_tar_read_every_sample(image_tree, tmp_path):

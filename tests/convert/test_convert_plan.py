@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 
 from shardkit.convert.options import ConvertOptions, parse_size
-from shardkit.convert.plan import (NPY_HEADER, SequenceTable, block_bytes, cut, digest, plan_sequences,
+from shardkit.convert.plan import (SequenceTable, block_bytes, cut, digest, plan_sequences,
                                    sample_order)
 from shardkit.convert.sources import SequenceFile, SequenceSource
-from shardkit.format.records import BLOCK_TOKEN_BYTES, _npy, block_members
+import datagen
+from shardkit.format.blocks import BLOCK_TOKEN_BYTES, NPY_HEADER
+from shardkit.format.fields import npy_bytes as _npy
 from shardkit.format.tar import END_OF_ARCHIVE, entry_bytes
 
 
@@ -87,7 +89,7 @@ def test_sequence_plan_respects_every_limit(max_size, max_samples, labelled):
         for start, end in blocks:
             rows = plan.order[start:end]
             assert ntokens[rows].sum() * 2 <= BLOCK_TOKEN_BYTES or end - start == 1
-            exact = sum(entry_bytes(len(data)) for _, data in block_members(
+            exact = sum(entry_bytes(len(data)) for _, data in datagen.token_block_members(
                 "k", np.zeros(ntokens[rows].sum(), np.uint16), ntokens[rows],
                 None if labels is None else labels[rows]))
             assert block_bytes(ntokens[rows], None if labels is None else labels[rows], np.dtype("uint16")) == exact

@@ -11,7 +11,6 @@ import shardkit
 from convert_helpers import read_sequences, samples_by_key
 from shardkit.convert import sequences as seq_module
 from shardkit.errors import SourceError
-from shardkit.format.records import LABELS_EXT
 
 
 def _expected(sequences, shuffle=True, seed=0, no_label=-1):
@@ -39,7 +38,7 @@ def test_txt_has_no_labels(sequences, tmp_path):
     manifest = shardkit.convert(path, tmp_path / "out", workers=1)
     assert manifest.sequences["has_labels"] is False
     assert read_sequences(tmp_path / "out") == _expected([(t, None) for t, _ in sequences])
-    assert not any(LABELS_EXT in group for group in samples_by_key(tmp_path / "out").values())
+    assert not any("labels.npy" in group for group in samples_by_key(tmp_path / "out").values())
 
 
 def test_custom_fields_and_mixed_files(sequences, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,8 @@ SHA = "ab" * 32
 
 
 def images_manifest() -> Manifest:
-    return Manifest(kind="images", shards=[ShardInfo(shard_name(0), 3, 10240, SHA), ShardInfo(shard_name(1), 2, 8192, "cd" * 32)],
+    return Manifest(kind="images", shards=[ShardInfo(shard_name(0), 3, 10240, SHA, "0123abcd", {"bytes": 256, "sha256": SHA}),
+                                           ShardInfo(shard_name(1), 2, 8192, "cd" * 32)],
                     params={"seed": 0, "shuffle": True, "max_shard_size": 256 << 20},
                     skipped=[{"path": "cat/bad.jpg", "reason": "truncated"}], classes=["cat", "dog", "empty"])
 
@@ -50,6 +52,13 @@ def _set(path, value):
             doc = doc[key]
         doc[last] = value
     return mutate
+
+
+def _v1(mutate):
+    def both(doc):
+        doc["version"] = 1
+        mutate(doc)
+    return both
 
 
 def _delete(path):
@@ -90,10 +99,19 @@ BAD = [
     ("sample-total", images_manifest, _set(["samples"], 6), "samples total 6 disagrees with its shards (5)"),
     ("sample-total-bool", images_manifest, _set(["samples"], True), "disagrees"),
     ("byte-total", images_manifest, _set(["bytes"], 1), "bytes total 1 disagrees"),
-    ("classes-missing", images_manifest, _delete(["classes"]), "'classes' is missing"),
+    ("v1-classes-missing", images_manifest, _v1(_delete(["classes"])), "'classes' is missing"),
     ("classes-ints", images_manifest, _set(["classes"], [0, 1]), "'classes'"),
     ("classes-str", images_manifest, _set(["classes"], "cat"), "'classes'"),
-    ("sequences-missing", sequences_manifest, _delete(["sequences"]), "'sequences' is missing"),
+    ("v1-sequences-missing", sequences_manifest, _v1(_delete(["sequences"])), "'sequences' is missing"),
+    ("v1-new-kind", images_manifest, _v1(_set(["kind"], "samples")), "needs format version 2"),
+    ("schema-missing", images_manifest, _delete(["schema"]), "schema is not an object"),
+    ("schema-layout", images_manifest, _set(["schema", "layout"], "rows"), "layout 'samples' or 'blocks'"),
+    ("schema-field-name", images_manifest, _set(["schema", "fields", 0, "name"], "a/b"), "without '/'"),
+    ("schema-fields-str", images_manifest, _set(["schema", "fields"], "jpg"), "schema entry is malformed"),
+    ("schema-one-of", images_manifest, _set(["schema", "one_of"], ["gif"]), "one_of among them"),
+    ("schema-column-kind", sequences_manifest, _set(["schema", "columns", 0, "kind"], "tree"), "unknown kind"),
+    ("stamp", images_manifest, _set(["shards", 0, "stamp"], "NOT HEX"), "invalid stamp"),
+    ("index", images_manifest, _set(["shards", 0, "index"], {"bytes": -1, "sha256": SHA}), "invalid index"),
     ("dtype", sequences_manifest, _set(["sequences", "dtype"], "int32"), "sequences.dtype 'int32'"),
     ("dtype-object", sequences_manifest, _set(["sequences", "dtype"], "object"), "sequences.dtype"),
     ("has-labels", sequences_manifest, _delete(["sequences", "has_labels"]), "sequences.has_labels"),
@@ -145,3 +163,15 @@ def test_messages_stay_short_for_huge_values():
         Manifest.from_json(json.dumps(doc))
     assert len(str(info.value)) < 300
 
+
+
+@pytest.mark.parametrize("kind", ["images", "sequences"])
+def test_version_1_manifests_still_load_with_their_implied_schema(kind):
+    path = Path(__file__).parents[1] / "fixtures" / "v1" / kind / MANIFEST_NAME
+    manifest = Manifest.from_json(path.read_text(), str(path))
+    assert manifest.version == 1 and manifest.kind == kind
+    if kind == "images":
+        assert manifest.schema.one_of == ("jpg", "jpeg", "png", "webp") and manifest.classes == ["class00", "class01"]
+    else:
+        assert manifest.schema.blocks.columns[0].dtype == manifest.sequences["dtype"] == "uint8"
+    assert all(s.stamp is None and s.index is None for s in manifest.shards)

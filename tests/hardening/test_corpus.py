@@ -16,7 +16,10 @@ import corpus
 import shardkit
 from shardkit.errors import SourceError
 from shardkit.format.manifest import MANIFEST_NAME, Manifest
-from shardkit.format.records import LABEL_EXT, META_EXT, decode_block, split_name
+import datagen
+from shardkit.format.records import split_name
+
+LABEL_EXT, META_EXT = "cls", "json"
 from shardkit.format.tar import iter_members
 
 
@@ -125,7 +128,7 @@ def test_damaged_jsonl_lines(tmp_path):
     assert manifest.samples == len(valid)
     got = []
     for key, members in sorted(read_groups(tmp_path / "out").items()):
-        tokens, offsets, labels = decode_block(members, "shard", key)
+        tokens, offsets, labels = datagen.decode_token_block(members, "shard", key)
         for i in range(len(offsets) - 1):
             label = None if labels is None or labels[i] == -1 else int(labels[i])
             got.append((tokens[offsets[i]:offsets[i + 1]].tolist(), label))
@@ -157,4 +160,4 @@ def test_conversion_writes_only_inside_dst(tmp_path, monkeypatch):
     manifest = shardkit.convert(root, tmp_path / "out" / "dst", workers=1, progress=False)
     after = _snapshot(tmp_path)
     changed = {p for p in set(before) | set(after) if before.get(p) != after.get(p)}
-    assert changed <= {"out", "out/dst"} | {f"out/dst/{n}" for n in [MANIFEST_NAME] + [s.name for s in manifest.shards]}
+    assert changed <= {"out", "out/dst"} | {f"out/dst/{n}" for n in [MANIFEST_NAME] + [f for s in manifest.shards for f in s.files]}

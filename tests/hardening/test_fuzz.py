@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from shardkit.errors import ManifestError, ShardError
 from shardkit.format.manifest import TOKEN_DTYPES, Manifest, ShardInfo, shard_name
-from shardkit.format.records import block_members, decode_block, sample_key, split_name
+import datagen
+from shardkit.format.records import sample_key, split_name
 from shardkit.format.tar import BLOCK, TarWriter, iter_members, read_members
 
 pytestmark = pytest.mark.timeout(300)  # a hang fails the test instead of blocking the suite
@@ -205,7 +206,7 @@ def token_shards(draw):
     for b, first in enumerate(range(0, len(seqs), per_block)):
         block = seqs[first:first + per_block]
         lab = np.arange(first, first + len(block)) - 3 if labels else None
-        for name, data in block_members(sample_key(b), np.concatenate([np.array(s, dtype) for s in block]),
+        for name, data in datagen.token_block_members(sample_key(b), np.concatenate([np.array(s, dtype) for s in block]),
                                         np.array([len(s) for s in block]), lab):
             writer.add(name, data)
         expected[sample_key(b)] = (block, None if lab is None else lab.tolist())
@@ -222,7 +223,7 @@ def decode_groups(members) -> dict[str, tuple[list, list | None]]:
     decoded = {}
     for key, by_ext in groups.items():
         try:
-            tokens, offsets, labels = decode_block(by_ext, SHARD, key)
+            tokens, offsets, labels = datagen.decode_token_block(by_ext, SHARD, key)
         except ShardError as err:
             assert err.shard == SHARD
             continue

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from shardkit.format.manifest import MANIFEST_NAME, Manifest, ShardInfo, shard_name
-from shardkit.format.records import block_members, sample_key
+import datagen
+from shardkit.format.records import sample_key
 from shardkit.format.tar import TarWriter
 
 #: Uneven shard sizes (103 sequences); the one-sample shard and blocks of 4 exercise the reader.
@@ -40,7 +41,7 @@ def write_sequence_shards(dst: Path, sequences: list[list[int]], shard_sizes: li
                 tokens = np.concatenate([np.asarray(t, dtype=dtype) for t in chunk])
                 lengths = np.array([len(t) for t in chunk], dtype=np.int64)
                 block_labels = None if labels is None else np.array(labels[first:first + len(chunk)], np.int64)
-                for name, data in block_members(sample_key(first), tokens, lengths, block_labels):
+                for name, data in datagen.token_block_members(sample_key(first), tokens, lengths, block_labels):
                     writer.add(name, data)
             writer.close()
         data = path.read_bytes()

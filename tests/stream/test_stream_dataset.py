@@ -13,7 +13,7 @@ import torch
 
 from stream_helpers import batch_ids, sample_ids, seq_id
 from shardkit import ManifestError
-from shardkit.stream.dataset import StreamingDataset, shuffle_buffer
+from shardkit.stream.dataset import StreamingDataset
 from shardkit.stream.loader import make_loader
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # 3 workers on 2 CPUs
@@ -66,29 +66,6 @@ def test_direct_iteration_yields_int64_tokens_and_labels(seq_root):
     assert tokens.dtype == torch.int64 and tokens.ndim == 1 and label == 7 % 5
     raw = list(StreamingDataset(seq_root, shuffle=False, decode=False))
     assert raw[7][0].dtype == np.uint16 and np.array_equal(raw[7][0], tokens.numpy())
-
-
-@pytest.mark.parametrize("size", [1, 2, 10, 1000])
-@pytest.mark.parametrize("n", [0, 5, 3000])
-def test_shuffle_buffer_starts_early_holds_at_most_size_and_loses_nothing(size, n):
-    pulled, held = [], []
-
-    def source():
-        for i in range(n):
-            pulled.append(i)
-            yield i
-
-    out = []
-    for item in shuffle_buffer(source(), size, random.Random(4)):
-        held.append(len(pulled) - len(out))  # items taken in and not yet given out, this one included
-        out.append(item)
-    assert sorted(out) == list(range(n))
-    assert out == list(shuffle_buffer(iter(range(n)), size, random.Random(4)))  # the seed fixes the order
-    if n:
-        assert held[0] <= max(1, size // 10) + 1  # the first comes out early, not after a full buffer
-        assert max(held) <= size
-    if n == 3000 and size >= 10:
-        assert out != sorted(out)
 
 
 def test_order_changes_every_epoch_and_repeats_with_the_seed(seq_root):

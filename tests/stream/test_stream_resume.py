@@ -3,6 +3,8 @@ the device loader: stop after k items, save with torch.save, restore into fresh 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torchvision.transforms import v2
@@ -78,19 +80,11 @@ def test_state_is_plain(seq_root, tmp_path):
             return all(isinstance(k, str) and plain(v) for k, v in value.items())
         if isinstance(value, list):
             return all(plain(v) for v in value)
-        return type(value) in (int, bool)
+        return value is None or type(value) in (int, bool, str)
 
     assert plain(state), state
-    assert state["epoch"] == 0 and state["num_workers"] == 2 and sum(state["positions"]) == 6
-
-
-def test_state_from_other_settings_is_refused(seq_root):
-    state = seq_loader(seq_root, 2)().state_dict()
-    with pytest.raises(ValueError, match="num_workers"):
-        seq_loader(seq_root, 3)().load_state_dict(state)
-    other = make_loader(StreamingDataset(seq_root, seed=9), 6, num_workers=2)
-    with pytest.raises(ValueError, match="seed"):
-        other.load_state_dict(state)
+    assert state["epoch"] == 0 and state["layout"]["num_workers"] == 2 and state["position"] == 1
+    assert json.loads(json.dumps(state)) == state
 
 
 def test_load_then_set_epoch_of_the_same_epoch_still_resumes(seq_root):

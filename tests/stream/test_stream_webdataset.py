@@ -30,7 +30,7 @@ def wds_shards(tmp_path):
             buf = io.BytesIO()
             fmt, ext = ("PNG", "png") if i % 5 == 0 else ("JPEG", "jpeg" if i % 7 == 0 else "jpg")
             Image.fromarray(datagen.natural_image(rng, 32, 30)).save(buf, format=fmt)
-            sink.write({"__key__": f"sample{i:05d}", ext: buf.getvalue(), "cls": i % 4, "txt": "ignored"})
+            sink.write({"__key__": f"sample{i:05d}", ext: buf.getvalue(), "cls": i % 4})
             expected[hashlib.sha256(buf.getvalue()).hexdigest()] = i % 4
     paths = sorted(str(p) for p in tmp_path.glob("train-*.tar"))
     assert len(paths) == 4
@@ -77,3 +77,37 @@ def test_default_count_cache_lives_under_xdg_cache_home(wds_shards, tmp_path, mo
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     StreamingDataset(paths[:1])
     assert len(list((tmp_path / "xdg" / "shardkit" / ".wds-counts").glob("*.json"))) == 1
+
+
+def test_caption_shards_yield_every_field(tmp_path):
+    """img2dataset's layout (KEY.jpg + KEY.txt + KEY.json): nothing is dropped, the sample is a dict."""
+    rng = np.random.default_rng(1)
+    captions = {}
+    with wds.ShardWriter(str(tmp_path / "pairs-%06d.tar"), maxcount=4, verbose=0) as sink:
+        for i in range(10):
+            jpg = datagen.encode_image("RGB", "JPEG", rng, size=(40, 30))
+            captions[hashlib.sha256(jpg).hexdigest()] = f"caption {i}"
+            sink.write({"__key__": f"{i:06d}", "jpg": jpg, "txt": f"caption {i}", "json": {"i": i}})
+    ds = StreamingDataset(str(tmp_path / "pairs-{000000..000002}.tar"), shuffle=False, decode=False)
+    assert ds.kind == "samples" and len(ds) == 10
+    samples = list(ds)
+    assert [s["json"]["i"] for s in samples] == list(range(10))
+    assert all(captions[hashlib.sha256(s["jpg"]).hexdigest()] == s["txt"] for s in samples)
+    decoded = next(iter(StreamingDataset(str(tmp_path / "pairs-{000000..000002}.tar"), shuffle=False)))
+    assert decoded["jpg"].dtype == torch.uint8 and decoded["jpg"].shape == (3, 30, 40) and decoded["txt"] == "caption 0"
+    loader = make_loader(StreamingDataset(str(tmp_path / "pairs-{000000..000002}.tar"),
+                                          transform=lambda s: {**s, "jpg": s["jpg"][:, :8, :8]}), 4, num_workers=2)
+    batches = list(loader)
+    assert [len(b["txt"]) for b in batches] == [4, 4, 2] and batches[0]["jpg"].shape == (4, 3, 8, 8)
+    assert sorted(j["i"] for b in batches for j in b["json"]) == list(range(10))
+
+
+def test_npy_and_cls_shards_yield_tensors_and_ints(tmp_path):
+    with wds.ShardWriter(str(tmp_path / "arr-%06d.tar"), maxcount=50, verbose=0) as sink:
+        for i in range(100):
+            sink.write({"__key__": f"k{i:04d}", "npy": np.full((2, 3), i, np.float32), "cls": i % 7})
+    ds = StreamingDataset(sorted(str(p) for p in tmp_path.glob("arr-*.tar")), shuffle=False)
+    assert len(ds) == 100 and ds.kind == "samples"
+    samples = list(ds)
+    assert [s["cls"] for s in samples] == [i % 7 for i in range(100)]
+    assert all(torch.equal(s["npy"], torch.full((2, 3), float(i))) for i, s in enumerate(samples))

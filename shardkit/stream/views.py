@@ -1,0 +1,177 @@
+"""What the stream yields for each kind of dataset, from a raw sample: decoded, transformed, shaped.
+
+=========  ========================================  ==================  ===================
+kind       yields                                    ``transform`` gets  default collate
+=========  ========================================  ==================  ===================
+images     ``(uint8 image 3×H×W, label)``            the image           ``image_collate``
+sequences  ``(int64 tokens, label)``                 the tokens          ``pad_collate``
+tabular    ``(float32 features [F], int64 label)``   the features        ``row_collate``
+samples    ``{field: value}``                        the dict            ``dict_collate``
+=========  ========================================  ==================  ===================
+
+With ``fields=(...)`` any kind yields a dict of just those fields (and ``transform`` gets the
+dict). ``decode=False`` keeps images as their bytes and arrays as NumPy; ``decode=<callable>``
+decodes image fields with it (``callable(data, shard=..., member=...)``, e.g.
+``shardkit.RandomResizedCropDecode``), under the sample's seed like the transform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ShardError
+from ..format.fields import codec_of
+from ..format.schema import LABEL_FIELD, Schema
+from .collate import dict_collate, image_collate, pad_collate, row_collate
+from .reader import BlockItem, Raw
+
+
+class View:
+    """Decodes raw samples of one dataset the way its kind (and the user's options) say."""
+
+    #: the collate function ``make_loader`` uses by default
+    collate: Callable = staticmethod(dict_collate)
+
+    def __init__(self, schema: Schema, classes: Sequence[str] | None, fields: Sequence[str] | None,
+                 decode: bool | Callable, transform: Callable | None) -> None:
+        self.schema, self.fields, self.decode, self.transform = schema, fields, decode, transform
+        self.classes = len(classes) if classes is not None else None
+        if decode is False:
+            self.image = _raw_bytes
+        elif callable(decode):
+            self.image = lambda data, shard, member: decode(data, shard=shard, member=member)
+        else:
+            self.image = None  # the codec's own decoder
+        #: whether a sample's value depends on the torch generator (it is then seeded per sample)
+        self.random = transform is not None or callable(decode)
+
+    @property
+    def image_keys(self) -> tuple:
+        """Where image batches sit in a collated batch (positions or field names), for ``DeviceLoader``."""
+        names = self.fields if self.fields is not None else self.schema.names
+        return tuple(n for n in names if codec_of(n).image) if self.decode is not False else ()
+
+    def __call__(self, raw: Raw, shard: str) -> Any:
+        """The sample ``raw`` (from shard ``shard``) as this view yields it, before ``transform``."""
+        if isinstance(raw, BlockItem):
+            return {name: self._array(raw.block.value(name, raw.index), name) for name in self._names()
+                    if name in raw.block.arrays}
+        return self.schema.decode_group(raw.fields, shard, raw.key, names=self.fields, image=self.image)
+
+    def many(self, raws: Sequence[Raw], shard: str) -> list:
+        """``self(raw, shard)`` of each (before ``transform``); a subclass makes it cheaper."""
+        return [self(raw, shard) for raw in raws]
+
+    def _names(self) -> Sequence[str]:
+        return self.fields if self.fields is not None else self.schema.names
+
+    def _array(self, value: Any, name: str) -> Any:
+        if isinstance(value, np.ndarray) and self.decode is not False:
+            return torch.from_numpy(value.astype(np.int64) if value.dtype.kind in "iu" else value.copy())
+        return value
+
+    def finish(self, sample: Any) -> Any:
+        """``transform`` applied (already seeded by the caller)."""
+        return self.transform(sample) if self.transform is not None else sample
+
+
+class ImagesView(View):
+    collate = staticmethod(image_collate)
+
+    @property
+    def image_keys(self) -> tuple:
+        return (0,) if self.decode is not False else ()
+
+    def __call__(self, raw: Raw, shard: str) -> Any:
+        schema = self.schema
+        schema.check_group(raw.fields, shard, raw.key)
+        ext = next(name for name in schema.one_of if name in raw.fields)
+        member = f"{raw.key}.{ext}"
+        data = raw.fields[ext]
+        image = self.image(data, shard, member) if self.image is not None else codec_of(ext).decode(data, shard, member)
+        label = -1
+        if LABEL_FIELD in raw.fields:
+            label = codec_of(LABEL_FIELD).decode(raw.fields[LABEL_FIELD], shard, f"{raw.key}.{LABEL_FIELD}")
+            if self.classes is not None and not 0 <= label < self.classes:
+                raise ShardError(f"label {label} is not a class index (0..{self.classes - 1})", shard=shard,
+                                 member=f"{raw.key}.{LABEL_FIELD}")
+        return image, label
+
+    def finish(self, sample: Any) -> Any:
+        if self.transform is None:
+            return sample
+        image, label = sample
+        return self.transform(image), label
+
+
+class SequencesView(View):
+    collate = staticmethod(pad_collate)
+
+    @property
+    def image_keys(self) -> tuple:
+        return ()
+
+    def __call__(self, raw: BlockItem, shard: str) -> Any:
+        block, i = raw.block, raw.index
+        o = block.as_list("tokens/offsets")
+        tokens = block.arrays["tokens"][o[i]:o[i + 1]]
+        label = block.as_list("label")[i] if "label" in block.arrays else -1
+        # a copy, so a sample does not keep its block alive (1.0 µs; torch slicing of a block converted once costs the same)
+        return (torch.from_numpy(tokens.astype(np.int64)) if self.decode is not False else tokens), label
+
+    def many(self, raws: Sequence[BlockItem], shard: str) -> list:
+        if self.decode is False:
+            return [self(raw, shard) for raw in raws]
+        out, last, from_numpy, int64 = [], None, torch.from_numpy, np.int64
+        for block, i, _ in raws:
+            if block is not last:
+                last, tokens, o = block, block.arrays["tokens"], block.as_list("tokens/offsets")
+                labels = block.as_list("label") if "label" in block.arrays else None
+            out.append((from_numpy(tokens[o[i]:o[i + 1]].astype(int64)), -1 if labels is None else labels[i]))
+        return out
+
+    def finish(self, sample: Any) -> Any:
+        if self.transform is None:
+            return sample
+        tokens, label = sample
+        return self.transform(tokens), label
+
+
+class TabularView(View):
+    collate = staticmethod(row_collate)
+
+    @property
+    def image_keys(self) -> tuple:
+        return ()
+
+    def __call__(self, raw: BlockItem, shard: str) -> Any:
+        block, i = raw.block, raw.index
+        row = block.arrays["features"][i]
+        features = torch.from_numpy(row.astype(np.float32)) if self.decode is not False else row.copy()
+        return features, block.as_list("label")[i]
+
+    def finish(self, sample: Any) -> Any:
+        if self.transform is None:
+            return sample
+        features, label = sample
+        return self.transform(features), label
+
+
+#: kind → its view; a dataset read with ``fields=...`` uses the generic :class:`View`.
+VIEWS: dict[str, type[View]] = {"images": ImagesView, "sequences": SequencesView, "tabular": TabularView,
+                                "samples": View}
+
+
+def make_view(schema: Schema, classes: Sequence[str] | None, fields: Sequence[str] | None,
+              decode: bool | Callable, transform: Callable | None) -> View:
+    """The view of a dataset: its kind's, or the generic dict view when ``fields`` are chosen."""
+    cls = View if fields is not None else VIEWS[schema.kind]
+    return cls(schema, classes, fields, decode, transform)
+
+
+def _raw_bytes(data: bytes, shard: str | None, member: str | None) -> bytes:
+    return data
