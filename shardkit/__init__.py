@@ -18,6 +18,7 @@ _EXPORTS = {
     "Manifest": "shardkit.format.manifest",
     "ManifestError": "shardkit.errors",
     "MissingExtraError": "shardkit.errors",
+    "RandomResizedCropDecode": "shardkit.stream.crop",
     "ShardError": "shardkit.errors",
     "ShardkitError": "shardkit.errors",
     "SourceError": "shardkit.errors",
@@ -53,6 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .format.manifest import Manifest
     from .inspect import load_manifest, verify
     from .stream.collate import BucketBatchSampler, image_collate, pad_collate
+    from .stream.crop import RandomResizedCropDecode
     from .stream.dataset import StreamingDataset
     from .stream.device import DeviceLoader
     from .stream.loader import make_loader
