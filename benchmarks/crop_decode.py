@@ -2,9 +2,9 @@
 
     python benchmarks/crop_decode.py [--images 200] [--repeats 3] [--device cuda]
 
-Measures images/s of
+Measures images per second of
   (a) torchcodec full decode + ``v2.RandomResizedCrop(224, antialias=True)`` (the full-decode limit),
-  (b) PIL full decode + the same,
+  (b) PIL full decode (shardkit's PIL fallback) + the same,
   (c) ``shardkit.RandomResizedCropDecode(224)``,
   (d) the deferred path: worker side (header + box + collate) and ``decode_crop_batch`` on
       ``--device`` (batches of 64), and on CUDA (e) one ``roi_align`` over a padded batch
@@ -12,8 +12,9 @@ Measures images/s of
 on three generated sets (kept under benchmarks/scratch/crop_decode/): 1200-1600 px photos at
 quality 90 lightly blurred (about 200-250 KB, like camera photos), the same unblurred (pixel
 noise: about 450 KB, entropy decoding dominates), and 300-500 px photos (the main benchmark's
-set). Each figure is the median of ``--repeats`` passes; every pipeline sees the same seeds,
-so the same boxes. The mean absolute difference of (c) from (a) is printed as a sanity check.
+set). Each figure is the median of ``--repeats`` passes, per second of the process's CPU time
+(see ``rates``); every pipeline sees the same seeds, so the same boxes. The mean absolute
+difference of (c) from (a) is printed as a sanity check.
 """
 
 from __future__ import annotations
@@ -73,14 +74,15 @@ def photos(folder: Path, n: int, low: int, high: int, blur: float) -> list[bytes
 
 
 def rates(runs: dict[str, Callable[[], object]], images: int, repeats: int) -> dict[str, float]:
-    """Median images/s of each run over ``repeats`` passes, the runs taking turns within a pass
-    (so that a busy neighbour slows them alike), after one warm-up pass."""
+    """Median images per second of this process's CPU time (one thread: on an idle machine the
+    wall-clock rate; on a shared one, what a core delivers when it runs) of each run over
+    ``repeats`` passes, the runs taking turns within a pass, after one warm-up pass."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats + 1):
         for name, run in runs.items():
-            start = time.perf_counter()
+            start = time.process_time()
             run()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time.process_time() - start)
     return {name: images / statistics.median(t[1:]) for name, t in times.items()}
 
 
@@ -127,7 +129,7 @@ def main() -> None:
     fused = RandomResizedCropDecode(SIZE)
     deferred = fused.deferred()
     print(f"# crop-aware decoding, {platform.processor() or platform.machine()}, {args.images} images, "
-          f"median of {args.repeats}, 1 torch thread")
+          f"median of {args.repeats}, 1 torch thread, images per CPU second")
     import PIL
     import torchcodec
     import torchvision

@@ -10,18 +10,19 @@ The work is split in three steps, so that the DataLoader workers only read heade
 * :func:`collate_crops` (per batch, in a worker): packs the batch into an
   :class:`EncodedCropBatch`, two tensors whatever the batch size, cheap to send between processes;
 * :func:`decode_crop_batch` (per batch, in the main process): decodes every JPEG of the batch with
-  one ``torchcodec.decoders.decode_jpeg(list, device=...)`` call (nvJPEG on CUDA, libjpeg-turbo
-  on the CPU), other formats (and JPEGs the device's decoder refuses) with
+  one ``torchcodec.decoders.decode_jpeg(list, device=...)`` call on CUDA (nvJPEG; on the CPU one
+  image at a time, libjpeg-turbo), other formats (and JPEGs the device's decoder refuses) with
   :func:`~shardkit.stream.decode.decode_image` on the CPU, then resizes each crop with
   torchvision's ``resized_crop`` (antialiased) into one B×3×H×W uint8 tensor on the device.
 
 Each crop is resized by its own ``resized_crop`` call rather than one ``roi_align`` over the
 batch: the images come out of the decoder in different sizes, so a batched kernel needs them
 copied into one padded float tensor first (B × 3 × the largest H × the largest W × 4 bytes,
-about 7.5 GB for 256 photos of 1600 px), and ``roi_align`` averages a box of samples per output
-pixel where torchvision's antialiasing uses a triangle filter, so its pixels would differ from
-the CPU path's. Per-image calls keep the memory at one image and the pixels those of
-``RandomResizedCrop`` (bit for bit on the CPU).
+about 7.9 GB for 256 photos of 1600 px), and ``roi_align`` averages a box of samples per output
+pixel where torchvision's antialiasing uses a triangle filter (0.1-0.4 grey level apart on
+average, measured on the CPU). Per-image calls keep the memory at one image and the pixels
+those of ``RandomResizedCrop`` (bit for bit on the CPU). Their cost on a GPU is a handful of
+kernel launches an image; ``benchmarks/crop_decode.py --device cuda`` measures both ways.
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ def photos() -> dict[str, bytes]:
     return out
 
 
-def reference(data: bytes, seed: int, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[torch.Tensor, torch.Tensor]:
+def reference(data: bytes, seed: int, size, scale=(0.08, 1.0),
+              ratio=(3 / 4, 4 / 3)) -> tuple[torch.Tensor, torch.Tensor]:
     """torchvision's transform on the full decode, and the generator state after it."""
     torch.manual_seed(seed)
     out = v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True)(decode_image(data))
@@ -87,7 +88,8 @@ def test_image_size_reads_jpeg_png_and_webp_headers(fmt, expected):
 # (height, width) of images × (scale, ratio): ordinary, extreme aspects (where get_params falls back
 # to a centre crop after ten tries), impossible scales (always the fallback), tiny images
 IMAGE_SIZES = [(1250, 1400), (1600, 1200), (333, 500), (224, 224), (40, 1000), (1000, 40), (1, 1), (3, 7000)]
-DRAWS = [((0.08, 1.0), (3 / 4, 4 / 3)), ((0.5, 1.0), (2.0, 3.0)), ((1.5, 2.0), (3 / 4, 4 / 3)), ((0.0, 0.3), (0.2, 5.0))]
+DRAWS = [((0.08, 1.0), (3 / 4, 4 / 3)), ((0.5, 1.0), (2.0, 3.0)), ((1.5, 2.0), (3 / 4, 4 / 3)),
+         ((0.0, 0.3), (0.2, 5.0))]
 
 
 @pytest.mark.parametrize("height,width", IMAGE_SIZES, ids=str)
@@ -228,7 +230,8 @@ def test_bad_arguments_are_refused(kwargs, message):
 
 
 def test_exported_and_picklable_for_workers(photos):
-    assert shardkit.RandomResizedCropDecode is RandomResizedCropDecode and "RandomResizedCropDecode" in shardkit.__all__
+    assert shardkit.RandomResizedCropDecode is RandomResizedCropDecode
+    assert "RandomResizedCropDecode" in shardkit.__all__
     decoder = RandomResizedCropDecode([192], scale=(0.3, 0.9))
     copy = pickle.loads(pickle.dumps(decoder))
     assert copy.size == (192, 192) and repr(copy) == repr(decoder)
