@@ -18,6 +18,7 @@ _EXPORTS = {
     "Manifest": "shardkit.format.manifest",
     "ManifestError": "shardkit.errors",
     "MissingExtraError": "shardkit.errors",
+    "RandomResizedCropDecode": "shardkit.stream.crop",
     "ShardError": "shardkit.errors",
     "ShardWriter": "shardkit.writer",
     "ShardkitError": "shardkit.errors",
@@ -57,6 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .format.manifest import Manifest
     from .inspect import load_manifest, verify
     from .stream.collate import BucketBatchSampler, dict_collate, image_collate, pad_collate, row_collate
+    from .stream.crop import RandomResizedCropDecode
     from .stream.dataset import StreamingDataset, StreamOptions
     from .stream.device import DeviceLoader
     from .stream.loader import make_loader

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -57,6 +58,51 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
         else:
             i += 2 + ((data[i + 2] << 8) | data[i + 3])
     return None
+
+
+class JpegFrame(NamedTuple):
+    """A JPEG's frame header: where it starts in the bytes and what it announces."""
+
+    offset: int  #: index of the SOF marker's 0xFF byte
+    width: int
+    height: int
+    mcu_height: int  #: rows of one MCU row: 8 × the largest vertical sampling factor
+
+
+def jpeg_frame(data: bytes) -> JpegFrame | None:
+    """The JPEG's frame header (the same marker walk as :func:`jpeg_size`, which it extends with
+    the header's offset and MCU height), None if there is none (not a JPEG, damaged)."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+        elif marker in _SOF_MARKERS:
+            components = data[i + 9]
+            factors = data[i + 11:i + 11 + 3 * components:3]  # each component: id, H<<4 | V, table
+            if len(factors) != components:
+                return None
+            vmax = max((f & 0x0F for f in factors), default=1)
+            return JpegFrame(i, (data[i + 7] << 8) | data[i + 8], (data[i + 5] << 8) | data[i + 6], 8 * max(vmax, 1))
+        else:
+            i += 2 + ((data[i + 2] << 8) | data[i + 3])
+    return None
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a JPEG's, PNG's or WebP's header without decoding; None for other
+    formats (or a header that cannot be read)."""
+    size = jpeg_size(data)
+    if size is not None:
+        return size
+    png = _png_header(data)
+    return png[:2] if png is not None else _webp_size(data)
 
 
 def _png_header(data: bytes) -> tuple[int, int, int] | None:
