@@ -1,4 +1,5 @@
-"""The sizes of a run: ``smoke`` (the test, seconds), ``quick`` (about a minute), ``full`` (the default)."""
+"""The sizes of a run: ``smoke`` (the test, seconds), ``quick`` (about two minutes), ``full`` (the
+default, about 15 minutes on 2 cores)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """shardkit's benchmarks, one command:
 
     python benchmarks/run.py            # full run (about 15 min on 2 cores)
-    python benchmarks/run.py --quick    # about a minute
+    python benchmarks/run.py --quick    # about two minutes
     python benchmarks/run.py --smoke    # seconds: the test suite's check that the harness works
     python benchmarks/run.py --only images_warm sequences
 
@@ -10,7 +10,8 @@ the same data in the same run, alternated and repeated, and writes ``<name>.json
 and ``<name>.png`` to ``benchmarks/results/``. Figures are ratios against the baseline measured in
 the same run. Every peer runs in quick and full runs: one that cannot (not installed, its side
 environment not buildable) is a failed contender. MosaicML Streaming gets its own virtual
-environment under the scratch folder, built at its first use (about a minute, once); smoke runs
+environment under the scratch folder, built at its first use (about a minute, once: kept with the
+generated data and reused while the main environment and its pins stay the same); smoke runs
 leave it out and say so. Exit status 1 if any contender failed (the results are written all the same).
 """
 
@@ -62,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_const", dest="mode", const="quick", help="about a minute")
+    size.add_argument("--quick", action="store_const", dest="mode", const="quick", help="about two minutes")
     size.add_argument("--smoke", action="store_const", dest="mode", const="smoke", help="seconds (tests)")
     parser.add_argument("--only", nargs="+", choices=list(SCENARIOS), help="run these scenarios only")
     parser.add_argument("--name", help="results file name (default: the mode: full, quick or smoke)")

@@ -51,4 +51,6 @@ def tabular(ws: Workspace) -> list[dict[str, Any]]:
                           notes=[f"{rows:,} rows × {ws.cfg.tabular_features} float32 + an int64 label (NumPy "
                                  f".npy, {rows * ws.cfg.tabular_features * 4 / 1e6:.1f} MB, in memory for the "
                                  f"baseline), batch {TABLE_BATCH}, num_workers={w}; median of {ws.cfg.tabular_rounds}",
+                                 "LitData holds one item per row, as a user optimizes a table row by row: each "
+                                 "item is deserialised on its own in the workers",
                                  "shardkit is not measured yet (its contender comes with named-field samples)"])]
