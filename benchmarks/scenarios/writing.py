@@ -19,7 +19,7 @@ WDS_STREAM = "webdataset, torchcodec + uint8 v2, captions as str, batched in the
 # shardkit's contenders (the lead's issue: a public writer of named fields) go here:
 # writing: w = shardkit.ShardWriter(dst, max_shard_samples=ws.per_shard); w.write({"__key__": k,
 #          "jpg": b, "txt": t, "json": j}) for each of ws.pairs; w.close() (or a with block), timed
-#          like _write below (one pass = the whole set, count the samples);
+#          with _write(ws, "shardkit ShardWriter", "shardkit", write) below (one pass = the whole set);
 # streaming: shardkit.StreamingDataset(dst, shuffle=True, transform=...) + make_loader(ds, b,
 #          num_workers=w) delivering what count_pairs checks, over the shards its writer wrote.
 
@@ -28,21 +28,23 @@ def _payload(ws: Workspace) -> int:
     return sum(len(s["jpg"]) + len(s["txt"].encode()) for s in ws.pairs)
 
 
-def _write(ws: Workspace, folder: str, write) -> harness.Contender:
+def _write(ws: Workspace, name: str, folder: str, write) -> harness.Contender:
+    """``write(samples, out, per_shard)`` of every pair as one timed pass (the output removed before each)."""
     out = ws.work / "pairs-writing" / folder
 
     def one_pass():
         write(ws.pairs, out, ws.per_shard)
         yield len(ws.pairs)
 
-    return harness.Contender(WDS_WRITER, one_pass, lambda k: k, expected=len(ws.pairs),
+    return harness.Contender(name, one_pass, lambda k: k, expected=len(ws.pairs),
                              prepare=lambda: shutil.rmtree(out, ignore_errors=True))
 
 
 def writing(ws: Workspace) -> list[dict[str, Any]]:
     """samples/s and MB/s (JPEG + caption bytes) of a writer fed in-memory samples, one process."""
     ws.pairs  # read into memory before the clock
-    outcomes = harness.compare([_write(ws, "webdataset", webdataset_peer.write_samples)], ws.cfg.rounds)
+    outcomes = harness.compare([_write(ws, WDS_WRITER, "webdataset", webdataset_peer.write_samples)],
+                               ws.cfg.rounds)
     payload = _payload(ws)
     section = ratio_section("pairs_writing", "Image + caption pairs: writing shards from Python", "samples/s",
                             outcomes, WDS_WRITER, per_unit="1000 samples",
