@@ -105,13 +105,26 @@ def measure(run: Callable[[], Iterable], count: Callable[[Any], int]) -> Measure
 class Contender:
     """Something to time: ``run()`` returns an iterable to exhaust; ``prepare()`` runs before each
     timed pass, untimed (e.g. evict the page cache); ``expected``, when set, is the sample count
-    a pass must deliver (a contender that loses or repeats samples is an error, not a fast one)."""
+    a pass must deliver (a contender that loses or repeats samples is an error, not a fast one).
+
+    ``measured``, instead of ``run``, times a pass elsewhere and returns its :class:`Measurement`:
+    a peer that lives in its own virtual environment runs :func:`measure` in that process and
+    reports back, so its interpreter start and imports are not on the clock."""
 
     name: str
-    run: Callable[[], Iterable]
+    run: Callable[[], Iterable] | None = None
     count: Callable[[Any], int] = lambda item: 1
     prepare: Callable[[], None] | None = None
     expected: int | None = None
+    measured: Callable[[], Measurement] | None = None
+
+
+def failing(name: str, why: str) -> Contender:
+    """A contender that cannot run in this run (a peer that is not installed...): its passes
+    raise ``why``, so it shows as failed in the table and in the run's errors, never as absent."""
+    def run():
+        raise RuntimeError(why)
+    return Contender(name, run)
 
 
 @dataclass
@@ -156,7 +169,7 @@ def compare(contenders: list[Contender], rounds: int) -> dict[str, Outcome]:
             try:
                 if c.prepare:
                     c.prepare()
-                m = measure(c.run, c.count)
+                m = c.measured() if c.measured else measure(c.run, c.count)
                 if c.expected is not None and m.items != c.expected:
                     raise RuntimeError(f"delivered {m.items} samples in a pass, expected {c.expected}")
             except Exception as err:  # noqa: BLE001 - recorded in the results, shown in the table

@@ -30,6 +30,8 @@ def _ratio_table(section: dict[str, Any]) -> list[str]:
     unit, per = section["unit"], section["per_unit"]
     extra = [(k, h, d) for k, h, d in (("stored_ratio", "stored × int32", 2),
                                         ("padding_efficiency", "padded efficiency", 2),
+                                        ("tokens_delivered", "tokens delivered", 3),
+                                        ("time_vs_tar", "time × tar cf", 1),
                                         ("mb_per_s", "MB/s", 1)) if any(k in r for r in section["rows"])]
     if section.get("show_first"):
         extra.append(("first_item_s", "first batch after (s)", 2))
@@ -38,7 +40,7 @@ def _ratio_table(section: dict[str, Any]) -> list[str]:
     lines = ["| " + " | ".join(h for h in header) + " |", "|" + "---|" * len(header)]
     digits = _rate_digits([r.get("median") for r in section["rows"]])
     for r in section["rows"]:
-        name = f"**{r['contender']}**" if r["contender"] == section["baseline"] else r["contender"]
+        name = f"**{r['contender']}**" if r["contender"] in _baselines(section) else r["contender"]
         if "error" in r:
             lines.append(f"| {name} | failed: {r['error'][:160]} |" + " |" * (len(header) - 2))
             continue
@@ -48,6 +50,11 @@ def _ratio_table(section: dict[str, Any]) -> list[str]:
         cells += [_num(r.get(k), d) for k, _, d in extra]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _baselines(section: dict[str, Any]) -> list[str]:
+    """The section's baseline, or its baselines where each row is against its own (token packing: one per L)."""
+    return section.get("baselines") or [section["baseline"]]
 
 
 def _matrix_table(section: dict[str, Any]) -> list[str]:
@@ -80,6 +87,9 @@ def _targets(targets: list[dict[str, Any]]) -> list[str]:
 def markdown(doc: dict[str, Any], chart: str | None = None) -> str:
     lines = [f"# shardkit benchmarks: `{doc['name']}` ({doc['config']['mode']} run)", "",
              f"Machine: {one_line(doc['machine'])}.  ",
+             *[f"Side environment `{name}` (built once, in {info.get('build_s', 0):.0f} s): " +
+               ", ".join(f"{k} {v}" for k, v in info.items() if k != "build_s" and not k.endswith("_from")) + ".  "
+               for name, info in doc.get("side_environments", {}).items()],
              f"Run {doc['started']}, {doc['duration_s'] / 60:.1f} min. Ratios are medians against the "
              f"baseline measured in the same run; contenders alternate, repeated.", ""]
     if doc.get("errors"):
@@ -122,11 +132,12 @@ def _height(section: dict[str, Any]) -> float:
 def _bars(ax, section: dict[str, Any]) -> None:
     rows = [r for r in section["rows"] if "median" in r][::-1]
     base = next((r["median"] for r in rows if r["contender"] == section["baseline"]), None)
-    scale = base or 1.0
-    medians = [r["median"] / scale for r in rows]
-    low = [m - r["min"] / scale for m, r in zip(medians, rows)]
-    high = [r["max"] / scale - m for m, r in zip(medians, rows)]
-    colors = [_color(r["contender"], section["baseline"]) for r in rows]
+    # each row against its own baseline (its ratio), which is the section's one but in token packing
+    scales = [r["median"] / r["ratio"] if base and r.get("ratio") else base or 1.0 for r in rows]
+    medians = [r["median"] / scale for r, scale in zip(rows, scales)]
+    low = [m - r["min"] / scale for m, r, scale in zip(medians, rows, scales)]
+    high = [r["max"] / scale - m for m, r, scale in zip(medians, rows, scales)]
+    colors = [_color(r["contender"], _baselines(section)) for r in rows]
     ax.barh(range(len(rows)), medians, xerr=[low, high], color=colors, capsize=3)
     ax.set_yticks(range(len(rows)), [r["contender"][:70] for r in rows], fontsize=8)
     ax.set_xlabel(f"× baseline ({section['unit']})" if base else section["unit"], fontsize=8)
@@ -137,9 +148,9 @@ def _bars(ax, section: dict[str, Any]) -> None:
     ax.set_title(section["title"], fontsize=9, loc="left")
 
 
-def _color(contender: str, baseline: str | None) -> str:
+def _color(contender: str, baselines: list[str | None]) -> str:
     """Grey baseline, red shardkit, blue peers, green limits and references."""
-    if contender == baseline:
+    if contender in baselines:
         return "#888888"
     if contender.startswith("limit") or "reference" in contender or contender.startswith("tar cf"):
         return "#2ca02c"

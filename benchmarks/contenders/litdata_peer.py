@@ -36,7 +36,19 @@ def _sequence_record(item: tuple[list[int], int]) -> dict:
     return {"tokens": np.asarray(tokens, dtype=np.int32), "label": label}
 
 
-def _optimize(fn, inputs, out: Path, scratch: Path, chunk_bytes: str, workers: int) -> Path:
+def _table_rows(item: tuple[str, str, int, int]):
+    x_path, y_path, start, stop = item
+    x = np.asarray(np.load(x_path, mmap_mode="r")[start:stop])
+    y = np.load(y_path, mmap_mode="r")[start:stop].tolist()
+    for row, label in zip(x, y):
+        yield {"x": row, "y": label}
+
+
+def _document_tokens(item: tuple[list[int], int]) -> torch.Tensor:
+    return torch.tensor(item[0], dtype=torch.int32)
+
+
+def _optimize(fn, inputs, out: Path, scratch: Path, chunk_bytes: str | None, workers: int, **options) -> Path:
     import litdata
 
     os.environ["DATA_OPTIMIZER_CACHE_FOLDER"] = str(scratch / "cache")
@@ -47,7 +59,7 @@ def _optimize(fn, inputs, out: Path, scratch: Path, chunk_bytes: str, workers: i
     method = multiprocessing.get_start_method(allow_none=True)
     try:
         litdata.optimize(fn=fn, inputs=inputs, output_dir=str(out), chunk_bytes=chunk_bytes,
-                         num_workers=workers, verbose=False, mode="overwrite", start_method="fork")
+                         num_workers=workers, verbose=False, mode="overwrite", start_method="fork", **options)
     finally:
         multiprocessing.set_start_method(method, force=True)
     return out
@@ -63,6 +75,22 @@ def write_images(files: list[Path], labels: list[int], out: Path, scratch: Path,
 def write_sequences(records, out: Path, scratch: Path, workers: int) -> Path:
     """int32 token arrays and labels."""
     return _optimize(_sequence_record, list(records), out, scratch, "64MB", workers)
+
+
+def write_table(x_path: Path, y_path: Path, out: Path, scratch: Path, workers: int, span: int = 50_000) -> Path:
+    """One item per row, ``{"x": float32 array, "y": int}``, in 64 MB chunks (``fn`` yields the
+    rows of a span of the table, as LitData's docs do for many items per input)."""
+    rows = len(np.load(y_path, mmap_mode="r"))
+    spans = [(str(x_path), str(y_path), i, min(i + span, rows)) for i in range(0, rows, span)]
+    return _optimize(_table_rows, spans, out, scratch, "64MB", workers)
+
+
+def write_tokens(records, out: Path, scratch: Path, workers: int, chunk_tokens: int) -> Path:
+    """Every document's tokens (int32) for ``TokensLoader``: concatenated, ``chunk_tokens`` per chunk."""
+    import litdata
+
+    return _optimize(_document_tokens, list(records), out, scratch, None, workers, chunk_size=chunk_tokens,
+                     item_loader=litdata.TokensLoader())
 
 
 class _PILSample:
@@ -110,3 +138,20 @@ def sequences(data: Path):
     import litdata
 
     return litdata.StreamingDataset(str(data), shuffle=False, transform=_Int64Tokens())
+
+
+def table_loader(data: Path, batch_size: int, num_workers: int):
+    """Shuffled batches ``{"x": float32 B×F, "y": int64 B}`` (LitData's default collate)."""
+    import litdata
+
+    dataset = litdata.StreamingDataset(str(data), shuffle=True, seed=0)
+    return litdata.StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+
+
+def token_blocks(data: Path, block_size: int):
+    """In order, one process: blocks of ``block_size`` tokens (``TokensLoader``), as int64."""
+    import litdata
+
+    dataset = litdata.StreamingDataset(str(data), item_loader=litdata.TokensLoader(block_size=block_size),
+                                       shuffle=False)
+    return (block.long() for block in dataset)

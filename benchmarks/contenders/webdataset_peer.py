@@ -1,5 +1,6 @@
 """webdataset 1.x as its documentation uses it: on shardkit's image shards (the same tar layout),
-on its own one-sample-per-key sequence shards, and its ShardWriter as a conversion loop.
+on its own one-sample-per-key sequence shards, its ShardWriter as a conversion loop and as the
+writer of image + caption + json samples, which it then streams.
 
 Set up fairly (see shared/PEERS.md): an explicit int ``shardshuffle``, at least as many shards as
 workers, and an integer ``mtime`` so its tar writer emits no 1 KB PAX header per member."""
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from ..transforms import pil_train
+from ..transforms import pil_train, uint8_train
 
 MTIME = 0
 
@@ -53,3 +54,37 @@ def write_images(files: list[Path], labels: list[int], out: Path, shards: int) -
             sink.write({"__key__": f"{i:09d}", "jpg": path.read_bytes(), "cls": label})
     return sorted(out.glob("*.tar"))
 
+
+
+def write_samples(samples: list[dict], out: Path, per_shard: int) -> list[Path]:
+    """``ShardWriter(...).write(sample)`` for each ``{"__key__", "jpg", "txt", "json"}`` dict
+    (bytes, str and a dict: webdataset encodes each by its extension)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with wds.ShardWriter(str(out / "pairs-%06d.tar"), maxcount=per_shard, verbose=0, mtime=MTIME) as sink:
+        for sample in samples:
+            sink.write(sample)
+    return sorted(out.glob("*.tar"))
+
+
+def _decode_jpeg(data: bytes) -> torch.Tensor:
+    from torchcodec.decoders import decode_jpeg
+
+    return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+
+
+def _pairs_batch(samples):
+    """[(uint8 3×224×224, caption, metadata), ...] → (uint8 B×3×224×224, [str], [dict])."""
+    images, captions, metadata = zip(*samples)
+    return torch.stack(images), list(captions), list(metadata)
+
+
+def pairs_loader(shards: list[Path], batch_size: int, num_workers: int, seed: int = 0,
+                 shuffle_buffer: int = 1000) -> wds.WebLoader:
+    """Shuffled; bytes → torchcodec decoding + uint8 crop/flip, the caption as ``str`` and the
+    json as a dict, batched in the workers: ``(uint8 B×3×224×224, [caption], [metadata])``."""
+    urls, transform = [str(p) for p in shards], uint8_train()
+    dataset = (wds.WebDataset(urls, shardshuffle=len(urls), seed=seed, empty_check=False)
+               .shuffle(shuffle_buffer).decode().to_tuple("jpg", "txt", "json")
+               .map_tuple(lambda data: transform(_decode_jpeg(data)), str, dict)
+               .batched(batch_size, collation_fn=_pairs_batch, partial=True))
+    return wds.WebLoader(dataset, batch_size=None, num_workers=num_workers)

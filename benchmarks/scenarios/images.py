@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from .. import harness
-from ..contenders import baseline, limits, litdata_peer, shardkit_peer, webdataset_peer
+from ..contenders import baseline, limits, litdata_peer, mosaic_peer, shardkit_peer, webdataset_peer
 from ..transforms import count_images
 from ..workspace import Workspace, files_under
 from . import ratio_section
@@ -23,20 +23,38 @@ LITDATA_PIL = "litdata, raw bytes, PIL transforms"
 LITDATA_UINT8 = "litdata, torchcodec + uint8 v2, normalise in main"
 LIMIT_PIL = "limit: PIL decode + augment of in-memory bytes, all cores"
 LIMIT_UINT8 = "limit: torchcodec decode + uint8 crop of in-memory bytes, all cores"
-MOSAIC_SKIPPED = ("mosaicml-streaming: not installed (0.13.0 pins numpy<2.2 and would downgrade the "
-                  "environment's numpy)")
+MOSAIC_PIL = "mosaicml streaming, MDS jpeg, PIL transforms"
+MOSAIC_UINT8 = "mosaicml streaming, MDS bytes, torchcodec + uint8 v2, normalise in main"
+MOSAIC_NOT_FED = ("mosaicml-streaming: runs in its own virtual environment (a subprocess that times "
+                  "itself), so it cannot feed this process's consumer")
 
 
 @dataclass
 class ImageLoader:
     name: str
-    run: Callable[[], Iterable]
+    run: Callable[[], Iterable] | None
     files: Callable[[], list]   # what a cold run evicts from the page cache
+    measured: Callable[[], harness.Measurement] | None = None  # a pass timed in another process
+
+    def contender(self, ws: Workspace, cold: bool = False) -> harness.Contender:
+        return harness.Contender(self.name, self.run, count_images, expected=ws.cfg.images, measured=self.measured,
+                                 prepare=(lambda: harness.evict(self.files())) if cold else None)
+
+
+def _missing(name: str, why: str) -> ImageLoader:
+    def fail():
+        raise RuntimeError(why)
+    return ImageLoader(name, fail, fail)
 
 
 def image_loaders(ws: Workspace, *, num_workers: int | None = None, device: str = "cpu",
-                  pin_memory: bool = False) -> tuple[list[ImageLoader], list[str]]:
-    """Every image contender on the same data and settings; and the peers that cannot run, with why."""
+                  pin_memory: bool = False, all_peers: bool = False) -> tuple[list[ImageLoader], list[str]]:
+    """Every image contender on the same data and settings; and the peers left out, with why.
+
+    With ``all_peers`` (the main benchmark) a peer that cannot be imported is a failing contender,
+    and MosaicML Streaming is included (its passes run in its side process; in smoke mode it is
+    left out, and said so). Without (the GPU benchmark, which feeds a trainer in this process),
+    litdata is left out when it cannot be imported and MosaicML always."""
     b, w = ws.cfg.batch_size, ws.cfg.num_workers if num_workers is None else num_workers
     loaders = [
         ImageLoader(BASELINE, lambda: baseline.image_loader(ws.src.images, b, w, pin_memory),
@@ -49,9 +67,11 @@ def image_loaders(ws: Workspace, *, num_workers: int | None = None, device: str 
         ImageLoader(RECOMMENDED, lambda: shardkit_peer.recommended_loader(ws.shardkit_images, b, w, device=device),
                     lambda: ws.shardkit_image_shards),
     ]
-    skipped = [MOSAIC_SKIPPED]
+    skipped = []
     why = litdata_peer.available()
-    if why:
+    if why and all_peers:
+        loaders += [_missing(LITDATA_PIL, why), _missing(LITDATA_UINT8, why)]
+    elif why:
         skipped.append(f"litdata: {why}")
     else:
         loaders += [
@@ -62,7 +82,31 @@ def image_loaders(ws: Workspace, *, num_workers: int | None = None, device: str 
                                                                          device=device, pin_memory=pin_memory),
                         lambda: files_under(ws.litdata_images)),
         ]
+    if not all_peers:
+        skipped.append(MOSAIC_NOT_FED)
+    elif not ws.cfg.side_venvs:
+        skipped.append(mosaic_peer.SMOKE_SKIPPED)
+    else:
+        loaders += [
+            ImageLoader(MOSAIC_PIL, None, lambda: files_under(ws.mosaic_images),
+                        lambda: ws.mosaic.image_pass(ws.mosaic_images, b, w)),
+            ImageLoader(MOSAIC_UINT8, None, lambda: files_under(ws.mosaic_image_bytes),
+                        lambda: ws.mosaic.image_pass(ws.mosaic_image_bytes, b, w, uint8=True)),
+        ]
     return loaders, skipped
+
+
+def build_all(loaders: list[ImageLoader]) -> None:
+    """Build every format before timing anything; one that fails is left to fail its passes."""
+    for loader in loaders:
+        try:
+            loader.files()
+        except Exception as err:  # noqa: BLE001 - the contender's first pass records it
+            log.error("%s: building its data failed: %s", loader.name, err)
+
+
+def mosaic_notes(ws: Workspace) -> list[str]:
+    return [ws.mosaic.version_note()] if "mosaic" in ws.__dict__ and ws.mosaic.info else []
 
 
 def _identity(n: int) -> int:
@@ -85,29 +129,26 @@ def _setting(ws: Workspace, extra: str = "") -> str:
 
 
 def warm(ws: Workspace) -> list[dict[str, Any]]:
-    loaders, skipped = image_loaders(ws)
-    for loader in loaders:  # build every format before timing anything
-        loader.files()
-    contenders = [harness.Contender(l.name, l.run, count_images, expected=ws.cfg.images) for l in loaders]
-    contenders += limit_contenders(ws)
+    loaders, skipped = image_loaders(ws, all_peers=True)
+    build_all(loaders)
+    contenders = [l.contender(ws) for l in loaders] + limit_contenders(ws)
     outcomes = harness.compare(contenders, ws.cfg.rounds)
     return [ratio_section("images_warm", "Images, warm page cache", "img/s", outcomes, BASELINE,
                           notes=[_setting(ws), f"Every contender delivers normalised float32 "
                                  f"{ws.cfg.batch_size}×3×224×224 batches; limits run the same per-image work with no loader, one "
                                  "torch thread per core. RSS adds main and workers (shared pages "
-                                 "counted in each)."],
+                                 "counted in each)."] + mosaic_notes(ws),
                           skipped=skipped)]
 
 
 def cold(ws: Workspace) -> list[dict[str, Any]]:
-    loaders, skipped = image_loaders(ws)
-    contenders = [harness.Contender(l.name, l.run, count_images, expected=ws.cfg.images,
-                                    prepare=(lambda files=l.files: harness.evict(files())))
-                  for l in loaders]
-    outcomes = harness.compare(contenders, ws.cfg.rounds)
+    loaders, skipped = image_loaders(ws, all_peers=True)
+    build_all(loaders)
+    outcomes = harness.compare([l.contender(ws, cold=True) for l in loaders], ws.cfg.rounds)
     return [ratio_section("images_cold", "Images, cold page cache", "img/s", outcomes, BASELINE,
                           notes=[_setting(ws, "; each contender's files evicted with "
-                                          "posix_fadvise(DONTNEED) before each run")], skipped=skipped)]
+                                          "posix_fadvise(DONTNEED) before each run")] + mosaic_notes(ws),
+                          skipped=skipped)]
 
 
 def bandwidth(ws: Workspace) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
 """Token sequences: samples/s read in one process (each sample a 1-D int64 tensor, in order), the
-bytes each format stores, and the padded-token efficiency of batches with and without bucketing."""
+bytes each format stores, the padded-token efficiency of batches with and without bucketing, and
+tokens/s of fixed-length packed blocks (the peers' and the tutorials' packing)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import harness
-from ..contenders import baseline, litdata_peer, shardkit_peer, webdataset_peer
+from ..contenders import baseline, litdata_peer, mosaic_peer, shardkit_peer, webdataset_peer
 from ..workspace import Workspace, files_under
 from . import ratio_section
 
@@ -15,6 +16,7 @@ BASELINE = "map-style JSONL (json.loads per line, lines in memory)"
 WEBDATASET = "webdataset, .npy + .cls per key (integer mtime)"
 SHARDKIT = "shardkit StreamingDataset"
 LITDATA = "litdata optimize + StreamingDataset"
+MOSAIC = "mosaicml streaming, MDS ndarray, batch_size=1, predownload=100000"
 
 
 def _stored(files: list[Path], payload: int) -> float:
@@ -31,14 +33,19 @@ def throughput(ws: Workspace) -> list[dict[str, Any]]:
         (harness.Contender(SHARDKIT, lambda: shardkit_peer.sequences(ws.shardkit_sequences), expected=n),
          lambda: shardkit_peer.shard_files(ws.shardkit_sequences)),
     ]
-    skipped = ["mosaicml-streaming: not installed (would downgrade numpy)"]
-    why = litdata_peer.available()
+    skipped, why = [], litdata_peer.available()
     if why:
-        skipped.append(f"litdata: {why}")
+        contenders.append((harness.failing(LITDATA, why), lambda: []))
     else:
         contenders.append((harness.Contender(LITDATA, lambda: litdata_peer.sequences(ws.litdata_sequences),
                                              expected=n),
                            lambda: files_under(ws.litdata_sequences)))
+    if ws.cfg.side_venvs:
+        contenders.append((harness.Contender(MOSAIC, measured=lambda: ws.mosaic.sequence_pass(ws.mosaic_sequences),
+                                             expected=n),
+                           lambda: files_under(ws.mosaic_sequences)))
+    else:
+        skipped.append(mosaic_peer.SMOKE_SKIPPED)
     stored = {}
     for contender, files in contenders:  # build every format (untimed) and weigh it
         try:
@@ -51,7 +58,8 @@ def throughput(ws: Workspace) -> list[dict[str, Any]]:
                             BASELINE, per=10_000, per_unit="10,000 samples", skipped=skipped,
                             notes=[f"{len(ws.records)} sequences, lengths lognormal(4.0, 0.9) clipped to "
                                    f"[8, 2048], ids < 50,000; each sample a 1-D int64 tensor; median of "
-                                   f"{ws.cfg.rounds}. 'stored' = bytes on disk / int32 payload"])
+                                   f"{ws.cfg.rounds}. 'stored' = bytes on disk / int32 payload"]
+                            + ([ws.mosaic.version_note()] if ws.cfg.side_venvs and ws.mosaic.info else []))
     for r in section["rows"]:
         r["stored_ratio"] = stored.get(r["contender"])
     return [section]
@@ -99,3 +107,53 @@ def padding(ws: Workspace) -> list[dict[str, Any]]:
     for r in section["rows"]:
         r["padding_efficiency"] = counters[r["contender"]].efficiency
     return [section]
+
+
+# shardkit's packed batches (the lead's issue: packing with document boundaries kept) go here, as
+# "shardkit packed blocks, L=<L>" over ws.shardkit_sequences, one contender per block size, e.g.
+# shardkit.StreamingDataset(ws.shardkit_sequences, shuffle=False, pack=L) yielding 1-D int64 blocks
+# of L tokens (with position_ids / cu_seqlens beside them): count tokens with _tokens below.
+BASELINE_PACK = "JSONL concatenated and cut into blocks (HF group_texts)"
+LITDATA_PACK = "litdata optimize + TokensLoader(block_size)"
+
+
+def pack_name(contender: str, size: int) -> str:
+    return f"{contender}, L={size}"
+
+
+def _tokens(block) -> int:
+    return block.numel()
+
+
+def packing(ws: Workspace) -> list[dict[str, Any]]:
+    """tokens/s of fixed blocks of L tokens (every block size of the run), one process, in order."""
+    total = sum(len(tokens) for tokens, _ in ws.records)
+    why = litdata_peer.available()
+    if not why:
+        ws.litdata_tokens  # built before anything is timed
+    contenders, totals = [], {}
+    for size in ws.cfg.block_sizes:
+        contenders.append(harness.Contender(pack_name(BASELINE_PACK, size),
+                                            lambda size=size: baseline.group_texts(ws.src.jsonl, size),
+                                            _tokens, expected=total // size * size))
+        name = pack_name(LITDATA_PACK, size)
+        contenders.append(harness.failing(name, why) if why else harness.Contender(
+            name, lambda size=size: litdata_peer.token_blocks(ws.litdata_tokens, size), _tokens))
+        totals[name] = total // size * size
+    outcomes = harness.compare(contenders, ws.cfg.rounds)
+    rows = []
+    for size in ws.cfg.block_sizes:  # one ratio per block size: each against the baseline of its size
+        base = outcomes[pack_name(BASELINE_PACK, size)]
+        rows += [o.summary(base, 1_000_000) for name, o in outcomes.items() if name.endswith(f", L={size}")]
+    for r in rows:  # LitData drops the tail of every chunk that is not a whole block: say how much
+        if r["contender"] in totals and "items" in r:
+            r["tokens_delivered"] = r["items"] / totals[r["contender"]]
+    return [{"id": "token_packing", "kind": "ratio", "title": "Token packing: fixed blocks of L tokens, one process",
+             "unit": "tokens/s", "baseline": pack_name(BASELINE_PACK, ws.cfg.block_sizes[0]),
+             "baselines": [pack_name(BASELINE_PACK, size) for size in ws.cfg.block_sizes],
+             "per_unit": "1M tokens", "rows": rows, "skipped": [], "show_first": False,
+             "notes": [f"the {len(ws.records)} sequences of the sequences scenario ({total:,} tokens), each block "
+                       f"a 1-D int64 tensor; × = against the baseline with the same L; median of {ws.cfg.rounds}",
+                       "'tokens delivered' = tokens in the blocks / the baseline's (whole blocks of the "
+                       "concatenated stream); LitData cuts blocks per chunk and drops each chunk's remainder",
+                       "shardkit's packed batches are not measured yet (the contender comes with that feature)"]}]
