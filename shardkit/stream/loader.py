@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from .bundle import bundle, unbundle
 from .collate import BucketBatchSampler
-from .dataset import StreamingDataset, seed_globals
+from .base import Stream, seed_globals
+from .dataset import StreamingDataset
 from .plan import Layout, Segment, batch_order, samples_per_rank, take, worker_ranges
 from .state import derive_seed
 
@@ -126,7 +127,7 @@ class StreamingLoader(DataLoader):
                  collate_fn: Callable[[list], Any] | None = None, pin_memory: bool | None = None,
                  persistent_workers: bool = True, prefetch_factor: int | None = None, drop_last: bool = False,
                  worker_init_fn: Callable[[int], None] | None = None, **dataloader_kwargs: Any) -> None:
-        if not isinstance(dataset, StreamingDataset):
+        if not isinstance(dataset, Stream):
             raise TypeError(f"make_loader needs a shardkit StreamingDataset (or shardkit.Mix), not "
                             f"{type(dataset).__name__}")
         _check_harmless(dataset, dataloader_kwargs)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -34,6 +35,8 @@ from .sources import Source, load_index
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "skip")
+#: Shards a reader keeps open and positioned at once.
+OPEN_SHARDS = 4
 
 
 class BlockItem(NamedTuple):
@@ -163,7 +166,7 @@ class ShardReader:
 
     def __init__(self, source: Source, opts: ReadOptions, errors: ErrorLog) -> None:
         self.source, self.opts, self.errors = source, opts, errors
-        self._cursor: _Cursor | None = None
+        self._cursors: OrderedDict[int, _Cursor] = OrderedDict()  # by shard, least recently used first
         self._ahead: _Cursor | None = None
         self._indexes: dict[int, ShardIndex | None] = {}
         self._missing: set[int] = set()
@@ -177,7 +180,7 @@ class ShardReader:
     def open_ahead(self, shard: int, start: int) -> None:
         """Start opening ``shard`` at sample ``start`` (a remote shard begins to arrive meanwhile)."""
         if self._ahead is None and storage.is_url(self.source.shards[shard].path) and shard not in self._missing:
-            if self._cursor is None or self._cursor.shard != shard:
+            if shard not in self._cursors:
                 self._ahead = self._open(shard, start)
 
     # -- reading --------------------------------------------------------------------------------
@@ -200,35 +203,42 @@ class ShardReader:
             if first + len(held) >= stop or cur.ended:
                 break
             self._pull(cur, start)
+        ref = self.source.shards[shard]
         if cur.ended and cur.next_sample < stop:
-            ref = self.source.shards[shard]
             self.errors.damaged(ShardError(f"ends after {cur.next_sample} samples, expected {ref.samples}",
                                            shard=ref.name))
+        if cur.ended or (cur.next_sample >= ref.samples and stop >= ref.samples):
+            self._finish(self._cursors.pop(shard))  # nothing more to read from it: free its buffers
         return out
 
     def close(self) -> None:
-        for cur in (self._cursor, self._ahead):
+        for cur in [*self._cursors.values(), self._ahead]:
             if cur is not None:
                 self._finish(cur)
-        self._cursor = self._ahead = None
+        self._cursors.clear()
+        self._ahead = None
 
     # -- the cursor -----------------------------------------------------------------------------
     def _position(self, shard: int, start: int) -> _Cursor:
-        """A cursor on ``shard`` that has not passed ``start``: the current one, the one opened
-        ahead, or a new one at the group holding ``start``."""
-        cur = self._cursor
-        if cur is not None and cur.shard == shard and _serves(cur, start):
-            return cur
-        if cur is not None:
+        """A cursor on ``shard`` that has not passed ``start``: one already open (a few stay open,
+        for readers that take turns between shards, as a mix does), the one opened ahead, or a new
+        one at the group holding ``start``."""
+        cur = self._cursors.pop(shard, None)
+        if cur is not None and not _serves(cur, start):
             self._finish(cur)
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead.shard == shard and _serves(ahead, start):
-            self._cursor = ahead
-        else:
-            if ahead is not None:
-                self._finish(ahead)
-            self._cursor = self._open(shard, start)
-        return self._cursor
+            cur = None
+        if cur is None:
+            ahead, self._ahead = self._ahead, None
+            if ahead is not None and ahead.shard == shard and _serves(ahead, start):
+                cur = ahead
+            else:
+                if ahead is not None:
+                    self._finish(ahead)
+                cur = self._open(shard, start)
+        self._cursors[shard] = cur
+        while len(self._cursors) > OPEN_SHARDS:
+            self._finish(self._cursors.popitem(last=False)[1])
+        return cur
 
     def _index(self, shard: int) -> ShardIndex | None:
         if shard not in self._indexes:
