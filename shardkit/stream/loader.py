@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
 from .bundle import bundle, unbundle
 from .collate import BucketBatchSampler
@@ -263,13 +263,22 @@ def _unit_groups(counts: list[int], layout: Layout):
         j = k
 
 
-class _Units(Sampler):
+class _Units(DistributedSampler):
     """The sampler: the units of ``run`` (the loader's current one, set at each iteration), from
-    its position on. (It keeps no reference to the loader: DataLoader holds it.)"""
+    its position on. (It keeps no reference to the loader: DataLoader holds it.)
 
-    def __init__(self, stream: StreamingDataset, layout: Layout) -> None:
+    It is a ``DistributedSampler`` because it is one (it gives each rank its part), and because
+    trainers test for that class: Lightning then injects no sampler of its own, and calls
+    :meth:`set_epoch` at each epoch, which sets the dataset's epoch."""
+
+    def __init__(self, stream: Stream, layout: Layout) -> None:
+        super().__init__(stream, num_replicas=stream.world_size, rank=stream.rank, shuffle=stream.shuffle,
+                         seed=stream.seed)
         self.stream, self.layout = stream, layout
         self.run = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stream.set_epoch(epoch)
 
     def __len__(self) -> int:
         per_rank = samples_per_rank(self.stream.epoch_samples, self.layout, self.stream.rank)
