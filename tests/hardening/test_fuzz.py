@@ -434,3 +434,64 @@ def test_deeply_nested_json_lines_and_manifests():
         parse_line(bomb, "jsonl")
     with pytest.raises(ManifestError):
         Manifest.from_json(bomb)
+
+
+# --- field codecs, block layouts and the index ---------------------------------------------------
+
+FIELD_NAMES = st.sampled_from(["jpg", "png", "webp", "cls", "txt", "json", "npy", "mask.npy", "caption.txt", "bin",
+                               "pth", "pickle"])
+
+
+def test_field_codecs_raise_only_shard_errors(fuzz_examples):
+    from shardkit.format.fields import codec_of
+
+    @fuzz(fuzz_examples, FIELD_NAMES, st.binary(max_size=2000), st.data())
+    def prop(field, payload, data):
+        if data.draw(st.booleans()):  # a valid member, then damaged at a few places
+            from shardkit.format.fields import npy_bytes
+            payload = bytearray(data.draw(st.sampled_from([
+                b"7", "ünï".encode(), b'{"a": [1, 2]}', npy_bytes(np.arange(6, dtype=np.int16).reshape(2, 3)),
+                datagen.encode_image("RGB", "JPEG", np.random.default_rng(0)),
+                datagen.encode_image("RGB", "PNG", np.random.default_rng(1))])))
+            for _ in range(data.draw(st.integers(1, 4))):
+                if payload:
+                    payload[data.draw(st.integers(0, len(payload) - 1))] ^= data.draw(st.integers(1, 255))
+            payload = bytes(payload)
+        try:
+            codec_of(field).decode(payload, SHARD, f"k.{field}")
+        except ShardError as err:
+            assert err.shard == SHARD and err.member == f"k.{field}"
+
+
+def test_schema_decoding_of_groups_raises_only_shard_errors(fuzz_examples):
+    from shardkit.format.blocks import row_layout, token_layout
+    from shardkit.format.schema import Schema
+
+    layouts = [token_layout("uint16"), token_layout(None), row_layout(4)]
+
+    @fuzz(fuzz_examples, st.dictionaries(st.sampled_from(["jpg", "cls", "json", "tokens.npy", "lengths.npy",
+                                                          "labels.npy", "features.npy"]), st.binary(max_size=300),
+                                         max_size=4), st.integers(0, len(layouts) - 1))
+    def prop(group, which):
+        for call in (lambda: Schema.images().decode_group(group, SHARD, "k"),
+                     lambda: layouts[which].decode(group, SHARD, "k"),
+                     lambda: layouts[which].count(group, SHARD, "k")):
+            try:
+                call()
+            except ShardError as err:
+                assert err.shard == SHARD
+
+
+def test_index_sidecars_raise_only_shard_errors(fuzz_examples):
+    from shardkit.format.fields import npy_bytes
+    from shardkit.format.index import ShardIndex
+
+    @fuzz(fuzz_examples, st.lists(st.tuples(st.integers(-5, 10**6), st.integers(-5, 100)), max_size=6),
+          st.one_of(st.none(), st.integers(0, 10**6)), st.binary(max_size=100))
+    def prop(rows, size, junk):
+        for data in (npy_bytes(np.array(rows or [[0, 0]], dtype=np.int64).reshape(-1, 2)), junk):
+            try:
+                index = ShardIndex.from_bytes(data, SHARD, size)
+            except ShardError:
+                continue
+            assert index.offsets == tuple(sorted(set(index.offsets))) and all(o % BLOCK == 0 for o in index.offsets)
