@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import io
 import logging
 import os
 import time
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 from ..errors import ShardError
+from .files import FileLock, sha256_of_file
 from .redact import safe_url
 from .remote import ReadStream
 
@@ -44,85 +43,6 @@ WAIT_FOR_DOWNLOAD = 60.0
 #: before the end-of-archive blocks, or after their part of a shard) first fetches the rest, so
 #: the shard is cached; further from the end, the download is abandoned.
 DRAIN_LIMIT = 32 << 20
-_POLL = 0.02
-_held_locks: "weakref.WeakSet[_Lock]" = weakref.WeakSet()
-
-
-def _forget_inherited_locks() -> None:
-    # A forked child shares its parent's lock descriptions: it must never close them on the
-    # parent's behalf later (the fd number may be reused by then), nor think it holds them.
-    for lock in list(_held_locks):
-        lock.fd = None
-    _held_locks.clear()
-
-
-os.register_at_fork(after_in_child=_forget_inherited_locks)
-
-
-class _Lock:
-    """A ``flock`` on a lock file that may be deleted by eviction while others wait on it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd: int | None = None
-
-    def acquire(self, exclusive: bool, *, wait: float | None = None) -> bool:
-        """Take the lock; ``wait`` seconds at most (None: forever, 0: not at all). True if taken."""
-        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        deadline = None if wait is None else time.monotonic() + wait
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                self._flock(fd, mode, deadline)
-            except BlockingIOError:
-                os.close(fd)
-                return False
-            try:
-                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                current = False
-            if current:
-                self.fd = fd
-                _held_locks.add(self)
-                return True
-            os.close(fd)  # evicted (unlinked) while we waited: lock the new file instead
-
-    @staticmethod
-    def _flock(fd: int, mode: int, deadline: float | None) -> None:
-        if deadline is None:
-            fcntl.flock(fd, mode)
-            return
-        while True:
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(_POLL)
-
-    def downgrade(self) -> None:
-        """Exclusive to shared (never blocks: no one else holds it)."""
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_SH)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            _held_locks.discard(self)
-            os.close(self.fd)
-            self.fd = None
-
-
-def _sha256_file(fd: int) -> str:
-    digest = hashlib.sha256()
-    with open(fd, "rb", buffering=0, closefd=False) as f:
-        f.seek(0)
-        while chunk := f.read(4 << 20):
-            digest.update(chunk)
-        f.seek(0)
-    return digest.hexdigest()
-
-
 class ShardCache:
     """The cache in ``root``, holding at most ``limit`` bytes of shards (None: no limit)."""
 
@@ -148,7 +68,7 @@ class ShardCache:
                 ``sha256``; nothing is cached then.
         """
         name = self.name(url, sha256)
-        path, lock = self.root / name, _Lock(self.root / f"{name}.lock")
+        path, lock = self.root / name, FileLock(self.root / f"{name}.lock")
         if not lock.acquire(False, wait=WAIT_FOR_DOWNLOAD):
             log.warning("%s: waited %.0fs for another process's download; streaming it directly",
                         safe_url(url), WAIT_FOR_DOWNLOAD)
@@ -192,7 +112,7 @@ class ShardCache:
             and stamp[:3] == (st.st_size, st.st_mtime_ns, st.st_ino) and (sha256 is None or stamp[3] == sha256)
         if not sound and check and (size is None or st.st_size == size):
             expected = sha256 or (stamp[3] if stamp else None)
-            sound = expected is not None and _sha256_file(fd) == expected
+            sound = expected is not None and sha256_of_file(fd)[1] == expected
             if sound:
                 _write_stamp(path, st, expected)
         if sound:
@@ -227,13 +147,13 @@ class ShardCache:
                 return
             if name == keep:
                 continue
-            lock = _Lock(self.root / f"{name}.lock")
+            lock = FileLock(self.root / f"{name}.lock")
             if not lock.acquire(True, wait=0):
                 continue
             try:
                 (self.root / name).unlink(missing_ok=True)
                 Path(self.root / f"{name}.ok").unlink(missing_ok=True)
-                lock.path.unlink(missing_ok=True)
+                Path(lock.path).unlink(missing_ok=True)
                 total -= size
                 log.debug("evicted %s (%d bytes) from the shard cache", name, size)
             finally:
@@ -258,7 +178,7 @@ def _write_stamp(path: Path, st: os.stat_result, digest: str) -> None:
 class _CachedFile(io.BufferedReader):
     """The cached shard, holding its lock (so it is not evicted) until closed."""
 
-    def __init__(self, fd: int, lock: _Lock) -> None:
+    def __init__(self, fd: int, lock: FileLock) -> None:
         super().__init__(io.FileIO(fd, "rb", closefd=True), 1 << 20)
         self._lock = lock
 
@@ -272,7 +192,7 @@ class _CachedFile(io.BufferedReader):
 class _Filling(ReadStream):
     """Streams ``source`` to the reader while writing it to the cache; checks and publishes at the end."""
 
-    def __init__(self, cache: ShardCache, source: IO[bytes], path: Path, lock: _Lock, url: str,
+    def __init__(self, cache: ShardCache, source: IO[bytes], path: Path, lock: FileLock, url: str,
                  size: int | None, sha256: str | None) -> None:
         super().__init__()
         self._cache, self._source, self._path, self._lock = cache, source, path, lock

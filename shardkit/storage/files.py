@@ -61,12 +61,15 @@ class HashingWriter:
 
 
 def sha256_of_file(path: str | os.PathLike | int) -> tuple[int, str]:
-    """``(size, sha256 hex)`` of a local file (a path, or an open fd read from its start)."""
+    """``(size, sha256 hex)`` of a local file: a path, or an open fd (read from its start, and
+    left at its start)."""
     reader = HashingReader(open(path, "rb", buffering=0, closefd=not isinstance(path, int)))
     try:
         if isinstance(path, int):
             reader.stream.seek(0)
         reader.drain()
+        if isinstance(path, int):
+            reader.stream.seek(0)
     finally:
         reader.stream.close()
     return reader.size, reader.hexdigest()
