@@ -77,3 +77,33 @@ def padded_loader(source: str | Path, batch_size: int, num_workers: int, *, buck
     if max_tokens:
         return shardkit.make_loader(dataset, max_tokens=max_tokens, bucketing=True, num_workers=num_workers)
     return shardkit.make_loader(dataset, batch_size, bucketing=bucketing, num_workers=num_workers)
+
+
+def write_samples(samples: list[dict], out: Path, per_shard: int) -> Path:
+    """``shardkit.ShardWriter`` fed the same dicts as webdataset's writer (its ``__key__`` dropped:
+    shardkit keys samples by position)."""
+    with shardkit.ShardWriter(out, max_shard_samples=per_shard) as writer:
+        for sample in samples:
+            writer.write({"jpg": sample["jpg"], "txt": sample["txt"], "json": sample["json"]})
+    return out
+
+
+class _PairsCrop:
+    """``{"jpg", "txt", "json"}`` → the same dict with the image cropped and flipped (uint8 v2)."""
+
+    def __init__(self):
+        self.transform = uint8_train()
+
+    def __call__(self, sample):
+        return {**sample, "jpg": self.transform(sample["jpg"])}
+
+
+def _pairs_collate(samples):
+    """The same batches as webdataset's contender: ``(uint8 B×3×224×224, [caption], [metadata])``."""
+    return torch.stack([s["jpg"] for s in samples]), [s["txt"] for s in samples], [s["json"] for s in samples]
+
+
+def pairs_loader(source: str | Path, batch_size: int, num_workers: int, seed: int = 0):
+    """Shuffled dict samples, torchcodec decoding + uint8 crop/flip in the workers."""
+    dataset = shardkit.StreamingDataset(str(source), shuffle=True, seed=seed, transform=_PairsCrop())
+    return shardkit.make_loader(dataset, batch_size, num_workers=num_workers, collate_fn=_pairs_collate)

@@ -90,11 +90,12 @@ def _space_error(err: OSError, what: str, dst: str) -> DestinationError:
 class ShardWriter:
     """Writes one shard to a local temporary file (:attr:`Destination.staging`), with its index;
     :meth:`finish` fsyncs both, publishes the index then the shard under their final names and
-    records them. ``stamp`` goes into every tar header (see ``format.tar.member_header``). Used as
-    a context manager, the temporary files are removed if the shard is not finished."""
+    records them (``resumable``: in the partial directory, for a re-run to find). ``stamp`` goes
+    into every tar header (see ``format.tar.member_header``). Used as a context manager, the
+    temporary files are removed if the shard is not finished."""
 
-    def __init__(self, dst: "Destination", index: int, stamp: str = "") -> None:
-        self.dst, self.name, self.stamp = dst, shard_name(index), stamp
+    def __init__(self, dst: "Destination", index: int, stamp: str = "", *, resumable: bool = True) -> None:
+        self.dst, self.name, self.stamp, self.resumable = dst, shard_name(index), stamp, resumable
         # Unique per writer: a scheduler may run the same shard twice at once (both give the same bytes).
         self.tmp = temporary_path(self.name, dst.staging)
         self.samples, self.skipped = 0, []
@@ -153,7 +154,8 @@ class ShardWriter:
         record = ShardRecord(self.name, self.samples, self._tar.bytes_written, self._hash.hexdigest(),
                              self.skipped, self.stamp or None,
                              {"bytes": len(index), "sha256": hashlib.sha256(index).hexdigest()})
-        self.dst.save_record(record)
+        if self.resumable:  # what lets a re-run of convert resume (ShardWriter starts over instead)
+            self.dst.save_record(record)
         return record
 
 
