@@ -54,6 +54,7 @@ SCENARIOS = {
     "pairs_streaming": writing.streaming,
     "conversion": conversion.conversion,
     "conversion_many_files": conversion.many_files,
+    "images_resume": images.resume,
     "workers_sweep": images.sweep,
     "memory_epochs": images.memory,
 }

@@ -208,3 +208,41 @@ def memory(ws: Workspace) -> list[dict[str, Any]]:
              "notes": [f"persistent workers, num_workers={ws.cfg.num_workers}, batch {ws.cfg.batch_size}; "
                        f"RSS of main + workers sampled every 0.1 s; growth = last epoch's peak minus the "
                        f"lowest peak of the first quarter"]}]
+
+
+RESUME_FRESH = "shardkit recommended, a fresh epoch: the loader's first batches"
+RESUME_HALF = "the same, resumed halfway through the epoch: load_state_dict, then the first batches"
+
+
+def resume(ws: Workspace) -> list[dict[str, Any]]:
+    """What a resume costs: the time from ``load_state_dict`` to the first batches, halfway through
+    an epoch, against a fresh start (workers start in both)."""
+    b, w = ws.cfg.batch_size, ws.cfg.num_workers
+
+    def loader():
+        return shardkit_peer.recommended_loader(ws.shardkit_images, b, w)
+
+    half = loader()
+    take = min(4, len(half) - len(half) // 2)  # batches timed after the start
+    it = iter(half)
+    for _ in range(len(half) // 2):
+        next(it)
+    state = half.state_dict()
+    del it, half
+
+    def first(restore: bool):
+        device_loader = loader()
+        if restore:
+            device_loader.load_state_dict(state)
+        it = iter(device_loader)
+        for _ in range(take):
+            yield next(it)
+
+    contenders = [harness.Contender(RESUME_FRESH, lambda: first(False), count_images, expected=take * b),
+                  harness.Contender(RESUME_HALF, lambda: first(True), count_images, expected=take * b)]
+    outcomes = harness.compare(contenders, ws.cfg.rounds)
+    return [ratio_section("images_resume", "Resuming mid-epoch: time to the first batches", "img/s", outcomes,
+                          RESUME_FRESH, show_first=True,
+                          notes=[_setting(ws), f"each pass builds the loader (workers start), optionally loads the "
+                                 f"state saved after {ws.cfg.images // b // 2} of the epoch's batches, and takes "
+                                 f"{take} batches; the rate is over those {take * b} images"])]
