@@ -33,7 +33,8 @@ from .state import derive_seed
 log = logging.getLogger(__name__)
 
 #: Samples per request for datasets of tiny samples (blocks): one request's batches travel as one
-#: bundle of tensors, since each tensor crossing from a worker costs tens of µs.
+#: bundle of tensors, since each tensor crossing from a worker costs a shared-memory file (about
+#: 1 ms for a padded batch of 64 sequences, measured; 3 of them per batch unbundled).
 UNIT_SAMPLES = 4096
 
 
@@ -345,7 +346,7 @@ class _Fetcher(Dataset):
         if unit.ahead is not None:
             stream.reader.open_ahead(*unit.ahead)
         errors = stream.errors.take_new()
-        if self.bundle_small and len(batches) > 1:
+        if self.bundle_small and len(batches) > 1 and info is not None:  # (nothing to send without workers)
             return Fetched(bundle(batches), errors, True)
         return Fetched(batches, errors, False)
 
