@@ -133,3 +133,25 @@ def test_loader_bucketing_by_batch_size_has_a_length(seq_root):
 def test_bucketing_is_for_sequences(image_root):
     with pytest.raises(ValueError, match="sequences"):
         make_loader(StreamingDataset(image_root), 4, bucketing=True)
+
+
+def _slow_pad(batch):
+    return pad_collate(batch)  # not pad_collate itself: the loader then goes sample by sample
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("labelled", [True, False])
+def test_padded_batches_from_the_blocks_equal_pad_collate_of_the_samples(tmp_path, workers, labelled):
+    from stream_helpers import id_sequences, write_sequence_shards
+
+    seqs = id_sequences(97, max_len=30)
+    write_sequence_shards(tmp_path / "ds", seqs, [40, 57], labels=[i % 7 for i in range(97)] if labelled else None,
+                          block=9)  # batches of 10 straddle blocks and shards
+    def batches(collate):
+        ds = StreamingDataset(tmp_path / "ds", seed=3, shuffle_buffer=12)
+        return list(make_loader(ds, 10, num_workers=workers, **({"collate_fn": collate} if collate else {})))
+
+    fast, slow = batches(None), batches(_slow_pad)
+    assert len(fast) == len(slow) == 10
+    for a, b in zip(fast, slow):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
