@@ -17,19 +17,24 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import default_collate
 
 from ..format.fields import codec_of
+from .batch_decode import EncodedCrop, collate_crops
 
 log = logging.getLogger(__name__)
 
 
 def image_collate(batch: Sequence[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
     """``[(image, label), ...]`` → ``(images, labels)``: images uint8 B×C×H×W (stacked in shared
-    memory when in a worker), labels int64 B. Undecoded images (bytes) stay a list.
+    memory when in a worker), labels int64 B. Undecoded images (bytes) stay a list; images whose
+    decoding was deferred to the device (``RandomResizedCropDecode(...).deferred()``) become one
+    ``EncodedCropBatch``, which ``DeviceLoader`` decodes.
 
     Raises:
         ValueError: images of different sizes (add a transform that crops or resizes to one size).
     """
     images, labels = zip(*batch)
-    if isinstance(images[0], torch.Tensor):
+    if isinstance(images[0], EncodedCrop):
+        images = collate_crops(images)
+    elif isinstance(images[0], torch.Tensor):
         shape = images[0].shape
         odd = next((im.shape for im in images if im.shape != shape), None)
         if odd is not None:
@@ -69,6 +74,8 @@ def _collate_field(name: str, values: list) -> Any:
     first = values[0]
     if any(v is None for v in values):
         return values
+    if isinstance(first, EncodedCrop):
+        return collate_crops(values)
     if isinstance(first, torch.Tensor) and all(isinstance(v, torch.Tensor) for v in values):
         if all(v.shape == first.shape and v.dtype == first.dtype for v in values):
             return default_collate(values)

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .batch_decode import EncodedCropBatch, decode_crop_batch
+
 #: Host output buffers kept for reuse (a consumer rarely holds more batches than this at once).
 _POOL_SIZE = 4
 
@@ -29,6 +31,12 @@ class DeviceLoader:
     batch is only moved); for another loader, every uint8 tensor of 4 dimensions. Other tensors
     (tokens, lengths, labels, masks) are moved as they are. On a CPU device the same conversion
     runs in the calling process, so CPU-only code takes the same path.
+
+    Decoding on the device: with ``StreamingDataset(..., decode=RandomResizedCropDecode(224)
+    .deferred(hflip=0.5))`` the workers only read image headers and draw the crops; their batches
+    hold the encoded images (``EncodedCropBatch``), which this loader decodes all at once on its
+    device (nvJPEG on CUDA), crops, resizes and then normalises as above. That is the switch for
+    machines whose CPUs cannot keep up with JPEG decoding.
 
     ``len()``, ``state_dict()`` and ``load_state_dict()`` are the loader's; the state is that
     after the batch last handed out (not the one prefetched).
@@ -96,6 +104,8 @@ class DeviceLoader:
     def _convert(self, value: Any, image: bool | None = None) -> Any:
         """``value`` on the device; ``image``: whether it is an image batch (None: not known yet,
         decided below the batch's top level by ``image_keys``)."""
+        if isinstance(value, EncodedCropBatch):
+            return self._normalise(decode_crop_batch(value, self.device))
         if isinstance(value, torch.Tensor):
             moved = value.to(self.device, non_blocking=True)
             if image is None:

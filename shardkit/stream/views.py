@@ -218,7 +218,16 @@ VIEWS: dict[str, type[View]] = {"images": ImagesView, "sequences": SequencesView
 
 def make_view(schema: Schema, classes: Sequence[str] | None, fields: Sequence[str] | None,
               decode: bool | Callable, transform: Callable | None) -> View:
-    """The view of a dataset: its kind's, or the generic dict view when ``fields`` are chosen."""
+    """The view of a dataset: its kind's, or the generic dict view when ``fields`` are chosen.
+
+    Raises:
+        ValueError: a transform with image decoding deferred to the device (it would get no image).
+    """
+    from .batch_decode import DeferredCropDecode
+
+    if isinstance(decode, DeferredCropDecode) and transform is not None:
+        raise ValueError("a transform cannot run on images whose decoding is deferred to the device "
+                         "(DeviceLoader decodes them); fold a flip into RandomResizedCropDecode(...).deferred(hflip=0.5)")
     cls = View if fields is not None else VIEWS[schema.kind]
     return cls(schema, classes, fields, decode, transform)
 

@@ -207,3 +207,24 @@ def test_batches_cross_dataloader_workers_and_decode_in_the_main_process(images)
 def test_a_flip_probability_outside_0_1_is_refused(hflip):
     with pytest.raises(ValueError, match="hflip is a probability"):
         DeferredCropDecode(SIZE, hflip=hflip)
+
+
+def test_deferred_decoding_through_make_loader_and_device_loader(image_root):
+    """The switch end to end on the CPU device: workers read headers and draw crops, DeviceLoader
+    decodes, crops and normalises; the same crops as decoding in the workers, within the tolerance."""
+    from torchvision.transforms import v2
+
+    import shardkit
+
+    crop = shardkit.RandomResizedCropDecode(16)
+    deferred = shardkit.StreamingDataset(image_root, seed=4, decode=crop.deferred(hflip=0.5))
+    direct = shardkit.StreamingDataset(image_root, seed=4, decode=crop, transform=v2.RandomHorizontalFlip(0.5))
+    got = [shardkit.DeviceLoader(shardkit.make_loader(ds, 8, num_workers=2), "cpu", mean=(0.5,) * 3, std=(0.25,) * 3)
+           for ds in (deferred, direct)]
+    pairs = list(zip(*got))
+    assert len(pairs) == 4
+    for (a, la), (b, lb) in pairs:
+        assert a.dtype == torch.float32 and a.shape == b.shape and torch.equal(la, lb)
+        assert (a - b).abs().mean() * 0.25 < 0.01 * 1.0, "within 1 % of the value range"
+    with pytest.raises(ValueError, match="cannot run on images whose decoding is deferred"):
+        shardkit.StreamingDataset(image_root, decode=crop.deferred(), transform=v2.RandomHorizontalFlip())
