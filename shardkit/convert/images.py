@@ -23,6 +23,7 @@ from PIL import Image
 from .. import storage
 from ..format.records import PASSTHROUGH_FORMATS, image_members, image_meta, sample_key
 from .output import ChunkResult
+from .names import source_path
 from .sources import skip_entry
 
 #: Formats PIL may not try: EPS runs Ghostscript on whatever the file says.
@@ -45,7 +46,7 @@ class SkipImage(Exception):
     """This file is skipped; the message is the reason recorded in the manifest."""
 
 
-def read_source(path: str) -> bytes:
+def read_source(path: str | bytes) -> bytes:
     """The bytes of a regular file (never blocks on a FIFO or device)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -152,11 +153,12 @@ class ImageChunk:
         return ChunkResult(members, len(self.items) - len(skipped), skipped, read)
 
     def _read(self, path: str) -> bytes:
+        where = source_path(self.root, path)  # the recorded name is an escape of the file's real name
         if storage.is_url(self.root):
             # A store failing after its retries fails the conversion (which resumes) rather than
             # drop a valid image: StorageError propagates.
-            return storage.read_bytes(storage.join(self.root, path), self.storage_options)
-        return read_source(os.path.join(self.root, path))
+            return storage.read_bytes(where, self.storage_options)
+        return read_source(where)
 
     # What the worker pool needs to pin a dead worker on one image (see pool.WorkerPool).
 

@@ -77,12 +77,15 @@ class Plan:
         return [(int(s), int(e)) for s, e in zip(starts, ends)]
 
 
-def digest(kind: str, options: ConvertOptions, listing: list[tuple[str, int]]) -> str:
-    """sha256 over the kind, the options and every source file's relative path and size: equal
-    digests mean the same conversion (paths outside SRC, times and worker counts play no part)."""
+def digest(kind: str, options: ConvertOptions, listing: list[tuple]) -> str:
+    """sha256 over the kind, the options and every source file's ``(relative path, size, stamp)``
+    (the stamp, :func:`.sources.file_stamp`, is its modification time in nanoseconds, plus its
+    sha256 for small files or with ``checksum_sources``): equal digests mean the same conversion of
+    the same bytes. Paths outside SRC and worker counts play no part; a copy of the tree that keeps
+    the modification times (``cp -a``, ``shutil.copytree``) has the same digest."""
     h = hashlib.sha256(json.dumps({"kind": kind, "params": options.as_params()}, sort_keys=True).encode())
-    for path, size in listing:
-        h.update(json.dumps([path, size]).encode())
+    for entry in listing:
+        h.update(json.dumps(list(entry)).encode())
     return h.hexdigest()
 
 
