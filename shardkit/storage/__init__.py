@@ -188,9 +188,14 @@ def read_bytes(path: str | os.PathLike, storage_options: Options = None, *,
         NotRegularFileError, OSError, StorageError: as :func:`open_input`.
     """
     with open_input(path, storage_options, retry=retry) as f:
-        data = f.read() if limit is None else f.read(limit + 1)
-    if limit is not None and len(data) > limit:
-        raise TooLargeError(f"{safe_url(path)} holds more than {limit} bytes, the most shardkit reads of it")
+        if limit is None:
+            return f.read()
+        # a local file tells its size, so nothing need be read to refuse it; a stream is cut at the limit
+        local = _remote(path, storage_options) is None
+        data = b"" if local and os.fstat(f.fileno()).st_size > limit else f.read(limit + 1)
+        if len(data) > limit or (local and not data and os.fstat(f.fileno()).st_size > limit):
+            raise TooLargeError(f"{safe_url(os.fspath(path))} holds more than {limit} bytes, the most shardkit "
+                                f"reads of it")
     return data
 
 
