@@ -11,7 +11,6 @@ the tasks they run."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import multiprocessing
 import os
@@ -39,15 +38,21 @@ class Splittable(Protocol):
 
 
 _PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+# Looked up here, in the parent: a worker must not search for libc (find_library runs ldconfig)
+# in the window where its parent may already be dying.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
 
 def _die_with_parent(parent: int) -> None:
-    """The worker initializer: Ctrl-C is the main process's to handle (it stops the pool and leaves
-    resumable state), and the worker is killed by the kernel as soon as its parent dies."""
+    """The worker initializer: Ctrl-C and SIGTERM are the main process's to handle (it stops the
+    pool and leaves resumable state), and the worker is killed by the kernel as soon as its parent
+    dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the CLI's handler, inherited by the fork
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked while the parent forked
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the request above was made
         os._exit(1)
 
@@ -95,22 +100,29 @@ class WorkerPool:
                                              initargs=(os.getpid(),))
         try:
             # Forking starts every worker at the first submit; spawning starts one per task
-            # submitted while none is idle: as many tasks as workers start them all.
-            for future in [self._executor.submit(_ready) for _ in range(self.workers)]:
+            # submitted while none is idle: as many tasks as workers start them all. Ctrl-C and
+            # SIGTERM wait until the forks are done: raised inside an at-fork hook, their
+            # KeyboardInterrupt would be printed and dropped, and the conversion would go on.
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            try:
+                futures = [self._executor.submit(_ready) for _ in range(self.workers)]
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            for future in futures:
                 future.result()
-        except OSError as err:  # fork() failing: EAGAIN at the process limit, ENOMEM
+        except BaseException as err:  # also Ctrl-C or SIGTERM while they start: none may be left
             self._processes = [p for p in multiprocessing.active_children() if p not in before]
             self._kill()
-            raise ShardkitError(f"cannot start {self.workers} conversion worker processes ({err.strerror or err}): "
-                                f"the limit on processes (ulimit -u) or memory is reached; pass fewer workers "
-                                f"(--workers)") from None
-        except BrokenProcessPool:
-            self._processes = [p for p in multiprocessing.active_children() if p not in before]
-            self._kill()
-            raise ShardkitError(
-                "conversion worker processes failed to start. When shardkit.convert(..., workers>1) is "
-                "called from a script on a platform that spawns processes, the call must sit under "
-                "`if __name__ == \"__main__\":`; or pass workers=1") from None
+            if isinstance(err, OSError):  # fork() failing: EAGAIN at the process limit, ENOMEM
+                raise ShardkitError(f"cannot start {self.workers} conversion worker processes "
+                                    f"({err.strerror or err}): the limit on processes (ulimit -u) or memory is "
+                                    f"reached; pass fewer workers (--workers)") from None
+            if isinstance(err, BrokenProcessPool):
+                raise ShardkitError(
+                    "conversion worker processes failed to start. When shardkit.convert(..., workers>1) is "
+                    "called from a script on a platform that spawns processes, the call must sit under "
+                    "`if __name__ == \"__main__\":`; or pass workers=1") from None
+            raise
         self._processes = [p for p in multiprocessing.active_children() if p not in before]
 
     def _kill(self) -> None:
@@ -123,7 +135,9 @@ class WorkerPool:
             process.join(10)
         self._processes = []
         if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            # Waited for: the executor's thread sees its workers dead and ends at once; left
+            # running, it races the interpreter's exit (Python 3.11 then prints an ignored OSError).
+            self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
 
     def _restart(self) -> None:
@@ -158,16 +172,16 @@ class WorkerPool:
             return
         window = window or 4 * self.workers
         pending: deque[tuple[Callable[[], Any], Future]] = deque()
-        try:
-            for task in tasks:
-                pending.append((task, self._executor.submit(task)))
-                if len(pending) >= window:
-                    yield self._next(pending)
-            while pending:
+        # Tasks left in flight when the caller stops early are not cancelled here: the pool's exit
+        # kills the workers (an exception) or cancels them (shutdown). Cancelling them here races
+        # with the executor marking them broken after a kill (Python 3.11 raises InvalidStateError
+        # in its manager thread).
+        for task in tasks:
+            pending.append((task, self._executor.submit(task)))
+            if len(pending) >= window:
                 yield self._next(pending)
-        finally:
-            for _, future in pending:
-                future.cancel()
+        while pending:
+            yield self._next(pending)
 
     def _next(self, pending: deque) -> Any:
         task, future = pending.popleft()

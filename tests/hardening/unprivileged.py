@@ -23,6 +23,7 @@ def _warm_up() -> None:
     """Import every module a conversion (images, sequences, several workers) and the CLI use."""
     import concurrent.futures.process  # noqa: F401
     import gettext  # noqa: F401
+    import multiprocessing.popen_fork  # noqa: F401
     import multiprocessing.synchronize  # noqa: F401
 
     from PIL import Image
@@ -33,11 +34,12 @@ def _warm_up() -> None:
     Image.init()
     with tempfile.TemporaryDirectory() as work:
         os.makedirs(f"{work}/img/a")
-        Image.new("RGB", (8, 8)).save(f"{work}/img/a/x.jpg")
+        for name in ("x", "y"):  # two shards: two workers, so the pool's modules are imported too
+            Image.new("RGB", (8, 8)).save(f"{work}/img/a/{name}.jpg")
         with open(f"{work}/s.jsonl", "w") as f:
             f.write('{"tokens": [1]}\n')
         for src, kind in ((f"{work}/img", "images"), (f"{work}/s.jsonl", "sequences")):
-            shardkit.convert(src, f"{work}/out-{kind}", kind=kind, workers=2, progress=True)
+            shardkit.convert(src, f"{work}/out-{kind}", kind=kind, workers=2, max_shard_samples=1, progress=False)
 
 
 def main(argv: list[str]) -> int:
