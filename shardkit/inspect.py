@@ -132,11 +132,14 @@ def _check_image(group: dict[str, bytes], shard: str, key: str, classes: list[st
         raise ShardError(f"label {label} is not a class index (0..{len(classes) - 1})", shard=shard,
                          member=f"{key}.{LABEL_EXT}")
     member = f"{key}.{exts[0]}"
-    Image.init()  # every plugin registered: Image.open looks each format of ``formats`` up (MPO is no preinit one)
+    # Image.open looks each of ``formats`` up among the registered openers, and MPO has none (the
+    # JPEG opener returns MPO images): asking for it raised KeyError: 'MPO' on any JPEG it refused.
+    Image.init()
+    formats = [f for f in STORED_FORMATS[exts[0]] if f in Image.OPEN]
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(io.BytesIO(group[exts[0]]), formats=STORED_FORMATS[exts[0]]) as img:
+            with Image.open(io.BytesIO(group[exts[0]]), formats=formats) as img:
                 img.load()
         except Exception as err:  # PIL's many error types for a damaged image
             raise ShardError(f"image does not decode ({type(err).__name__}: {err})", shard=shard,
