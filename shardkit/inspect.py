@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from typing import Any

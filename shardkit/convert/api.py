@@ -16,7 +16,8 @@ from ..format.manifest import KINDS, MANIFEST_NAME, Manifest, ShardInfo
 from ..storage import is_url, join, list_files
 from . import execute
 from .options import ConvertOptions
-from .output import ChunkResult, Destination, ShardRecord, named_files
+from .output import ChunkResult, Destination, ShardRecord
+from .owned import named_files
 from .plan import Plan, digest, plan_images, plan_sequences
 from .pool import WorkerPool
 from .progress import progress_bar

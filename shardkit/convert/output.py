@@ -38,21 +38,15 @@ from typing import Any
 
 from .. import storage
 from ..errors import DestinationError
-from ..format.manifest import FORMAT_NAME, MANIFEST_NAME, shard_index, shard_name
+from ..format.manifest import MANIFEST_NAME, shard_index, shard_name
 from ..format.tar import TarWriter
 from ..inspect import MANIFEST_LIMIT
+from .owned import OUTPUT_NAME, PARTIAL_ENTRY, named_files, output_names, what
 
 PARTIAL = ".shardkit-partial"
 PLAN_NAME = "plan.json"
 LOCK_NAME = "lock"
 REPLACED_NAME = "replaced-manifest.json"
-#: A file shardkit publishes in DST besides the manifest: a shard, or a file beside it
-#: (``shard-000012.tar``, ``shard-000012.idx``).
-OUTPUT_NAME = re.compile(r"shard-[0-9]{6,}(\.[A-Za-z0-9]+)+\Z")
-#: What shardkit keeps in the partial directory: the lock, the plan, the replaced manifest, one
-#: record per finished shard, and temporary files (``.NAME.tmp-PID-RANDOM``).
-_PARTIAL_ENTRY = re.compile(r"(lock|plan\.json|replaced-manifest\.json|shard-[0-9]{6,}\.json|\.[^/]+\.tmp-[0-9]+-[0-9a-f]{8})\Z")
-
 _locked: "weakref.WeakSet[Destination]" = weakref.WeakSet()
 
 
@@ -69,33 +63,6 @@ def _close_inherited_locks() -> None:
 
 
 os.register_at_fork(after_in_child=_close_inherited_locks)
-
-
-def named_files(manifest_text: str | None) -> list[str] | None:
-    """Every file name that the shard entries of a shardkit manifest name: each string field of an
-    entry that is an :data:`OUTPUT_NAME` (the shard, and any file recorded beside it); None when
-    ``manifest_text`` is not a shardkit manifest (not JSON, or another ``format``)."""
-    try:
-        doc = json.loads(manifest_text) if manifest_text is not None else None
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
-        return None
-    return _output_names(doc.get("shards"))
-
-
-def _output_names(entries: Any) -> list[str]:
-    entries = entries if isinstance(entries, list) else [entries]
-    return [value for entry in entries if isinstance(entry, dict) for value in entry.values()
-            if isinstance(value, str) and OUTPUT_NAME.match(value)]
-
-
-def _what(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    return "a regular file" if stat.S_ISREG(mode) else "a special file"
 
 
 @dataclass
@@ -270,7 +237,7 @@ class Destination:
             raise DestinationError(f"the destination {self.path} is not writable: {err.strerror or err}") from None
         mode = os.lstat(self.partial).st_mode
         if not stat.S_ISDIR(mode):  # never follow a link out of DST, nor write into a file
-            raise DestinationError(f"{self.partial} is {_what(mode)}, not the directory shardkit keeps its "
+            raise DestinationError(f"{self.partial} is {what(mode)}, not the directory shardkit keeps its "
                                    f"working files in; shardkit never follows a link out of the destination: "
                                    f"remove it, then run again")
         lock = os.path.join(self.partial, LOCK_NAME)
@@ -305,8 +272,8 @@ class Destination:
         own files: anything else was put there by someone else, and is not shardkit's to remove."""
         for name in sorted(os.listdir(self.partial)):
             mode = os.lstat(os.path.join(self.partial, name)).st_mode
-            if not (_PARTIAL_ENTRY.match(name) and stat.S_ISREG(mode)):
-                raise DestinationError(f"{os.path.join(self.partial, name)} is {_what(mode)} that shardkit did not "
+            if not (PARTIAL_ENTRY.match(name) and stat.S_ISREG(mode)):
+                raise DestinationError(f"{os.path.join(self.partial, name)} is {what(mode)} that shardkit did not "
                                        f"write; it keeps only its own files in {PARTIAL}: remove it, then run again")
 
     def __exit__(self, *exc) -> None:
@@ -353,7 +320,7 @@ class Destination:
         if self.remote:  # an object store holds objects only
             return "a regular file" if storage.exists(path, self.storage_options) else None
         try:
-            return _what(os.lstat(path).st_mode)
+            return what(os.lstat(path).st_mode)
         except FileNotFoundError:
             return None
 
@@ -431,7 +398,7 @@ class Destination:
         for entry in self._names(self.partial):
             if re.fullmatch(r"shard-[0-9]{6,}\.json", entry):
                 try:
-                    names.update(_output_names(json.loads(self._read_text(storage.join(self.partial, entry)) or "")))
+                    names.update(output_names(json.loads(self._read_text(storage.join(self.partial, entry)) or "")))
                 except ValueError:
                     pass
         return names

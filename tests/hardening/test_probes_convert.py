@@ -438,14 +438,20 @@ def test_an_edit_between_an_interruption_and_the_resume_is_refused_not_mixed(tmp
 
 
 def test_a_copy_that_keeps_modification_times_gives_the_same_bytes(tmp_path):
-    src = datagen.make_jpeg_tree(tmp_path / "src", classes=2, per_class=4)
+    """The digest covers relative names, sizes and modification times: a copy elsewhere that keeps
+    the times gives identical files for any worker count; one that does not differs only there."""
+    datagen.make_jpeg_tree(tmp_path / "src", classes=2, per_class=4)
     datagen.write_jsonl(tmp_path / "seq" / "a.jsonl", datagen.random_sequences(40, seed=3))
-    shutil.copytree(tmp_path / "src", tmp_path / "elsewhere" / "copy")  # copies modification times
-    shutil.copytree(tmp_path / "seq", tmp_path / "elsewhere" / "seq")
-    for a, b in (("src", "elsewhere/copy"), ("seq", "elsewhere/seq")):
+    for a in ("src", "seq"):
+        shutil.copytree(tmp_path / a, tmp_path / "elsewhere" / a)  # copies modification times
+        shutil.copytree(tmp_path / a, tmp_path / "new-times" / a, copy_function=shutil.copyfile)
         shardkit.convert(tmp_path / a, tmp_path / f"out-{a}", workers=1)
-        shardkit.convert(tmp_path / b, tmp_path / f"out-{a}-copy", workers=2)
+        shardkit.convert(tmp_path / "elsewhere" / a, tmp_path / f"out-{a}-copy", workers=2)
         assert dst_files(tmp_path / f"out-{a}") == dst_files(tmp_path / f"out-{a}-copy")
+        shardkit.convert(tmp_path / "new-times" / a, tmp_path / f"out-{a}-new-times", workers=1)
+        ours, theirs = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in (f"out-{a}",
+                                                                                           f"out-{a}-new-times"))
+        assert ours.pop("source")["digest"] != theirs.pop("source")["digest"] and ours == theirs
 
 
 # --- D8: directory links ---------------------------------------------------------------------------
