@@ -282,8 +282,12 @@ class Destination:
             self._staging = None
         if self._lock_fd is None or self._lock_pid != os.getpid():
             return
-        # Leave nothing behind that a later run could mistake for work in progress.
+        # Leave nothing behind that a later run could mistake for work in progress; the temporary
+        # files are those of workers stopped mid-shard (the pool is gone by now, and we hold the lock).
         try:
+            for name in os.listdir(self.partial):
+                if ".tmp-" in name:
+                    os.unlink(os.path.join(self.partial, name))
             if os.listdir(self.partial) == [LOCK_NAME]:
                 os.unlink(os.path.join(self.partial, LOCK_NAME))
                 os.rmdir(self.partial)
