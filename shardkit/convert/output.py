@@ -500,6 +500,8 @@ class Destination:
         """Shards numbered ``count`` and above belong to no plan of this run: those shardkit
         recorded are removed; any other is in the way (a DestinationError naming it)."""
         extra = [n for n in self.shard_files() if (shard_index(n) or 0) >= count and shard_index(n) is not None]
+        if not extra:
+            return
         recorded = self._recorded_files()
         foreign = [n for n in extra if n not in recorded or self._kind(n) != "a regular file"]
         if foreign:
