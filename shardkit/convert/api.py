@@ -111,25 +111,27 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str | None 
     return manifest
 
 
-def _plan_and_write(src: str, kind: str, source, opts: ConvertOptions, plan_digest: str, out: Destination, workers: int,
-                    show: bool, **cluster: Any) -> tuple[Plan, list[ShardRecord]]:
+def _plan_and_write(src: str, kind: str, source, opts: ConvertOptions, plan_digest: str, out: Destination,
+                    workers: int, show: bool, **cluster: Any) -> tuple[Plan, list[ShardRecord]]:
     """Plan, then write the shards; with at most as many worker processes as there are tasks."""
     on_dask = cluster["scheduler"] is not None or cluster["client"] is not None
+
+    def write(plan: Plan, pool: WorkerPool) -> list[ShardRecord]:
+        return _write_on_dask(plan, out, show, workers=workers, **cluster) if on_dask else _write(plan, out, pool, show)
+
     if kind == "images":
         plan = plan_images(source, opts, plan_digest)
         _check_plan(plan, out, src)
         # On Dask the shards are written by the cluster; locally a worker takes a whole shard,
         # or a chunk of one when there are fewer shards than workers.
-        local = 1 if on_dask else min(workers, max(plan.num_shards, _chunk_count(plan) if workers > plan.num_shards else 0))
-        with WorkerPool(local) as pool:
-            records = _write_on_dask(plan, out, show, workers=workers, **cluster) if on_dask else _write(plan, out, pool, show)
-        return plan, records
+        tasks = plan.num_shards if workers <= plan.num_shards else _chunk_count(plan)
+        with WorkerPool(1 if on_dask else min(workers, tasks)) as pool:
+            return plan, write(plan, pool)
     tasks = scan_ranges(source, opts.tokens_field, opts.label_field, workers)
     with WorkerPool(min(workers, len(tasks))) as pool:
         plan = _plan_sequences(source, tasks, opts, plan_digest, pool, show)
         _check_plan(plan, out, src)
-        records = _write_on_dask(plan, out, show, workers=workers, **cluster) if on_dask else _write(plan, out, pool, show)
-    return plan, records
+        return plan, write(plan, pool)
 
 
 def _check_plan(plan: Plan, out: Destination, src: str) -> None:

@@ -427,9 +427,9 @@ class Destination:
             removable.update(named)
         in_the_way = [n for n in self._names(self.path) if OUTPUT_NAME.match(n) and n not in removable]
         if in_the_way:
-            raise DestinationError(f"{self.path} holds {', '.join(in_the_way[:5])}{', ...' if len(in_the_way) > 5 else ''}, "
-                                   f"which no shardkit manifest there names; shardkit removes only files it wrote: "
-                                   f"move them away, or choose another destination")
+            shown = ", ".join(in_the_way[:5]) + (", ..." if len(in_the_way) > 5 else "")
+            raise DestinationError(f"{self.path} holds {shown}, which no shardkit manifest there names; shardkit "
+                                   f"removes only files it wrote: move them away, or choose another destination")
         for name in sorted(removable | ({MANIFEST_NAME} if text is not None else set())):
             kind = self._kind(name)
             if kind not in (None, "a regular file"):

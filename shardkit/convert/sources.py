@@ -143,8 +143,8 @@ def list_images(root: str, storage_options: dict[str, Any] | None = None, *,
         SourceError: ``root`` has no class folder, or no file with an image extension.
     """
     if is_url(root):
-        return _list_remote_images(root, remote_files if remote_files is not None else list_files(root, storage_options),
-                                   storage_options)
+        files = remote_files if remote_files is not None else list_files(root, storage_options)
+        return _list_remote_images(root, files, storage_options)
     entries = _scandir(root)
     # torchvision sorts the names as os.fsdecode gives them; they are recorded escaped afterwards
     class_dirs = [e.name for e in entries if e.is_dir()]
