@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import heapq
 import os
 import stat
 from dataclasses import dataclass, field
@@ -351,17 +352,22 @@ def _holds_token_ids(path: str) -> bool:
     return False
 
 
-def _decide(src: str, images: list[str], sequences: list[str], classes: int, others: list[str]) -> Kind:
+def _decide(src: str, images: list[str], sequences: list[str], classes: int, others: list[str],
+            name=lambda path: path) -> Kind:
+    """The kind, from the files of each kind found (``name`` turns one into what a message shows)."""
+    def shown(paths: list[str]) -> str:  # the first few in sorted order, named only those
+        return _examples([name(p) for p in heapq.nsmallest(_SHOWN + 1, paths)])
+
     if images and sequences:
         raise SourceError(
             f"{src} holds both an ImageFolder tree ({len(images)} image files in {classes} class folders: "
-            f"{_examples(images)}) and {len(sequences)} sequence files ({_examples(sequences)}); pass --kind "
+            f"{shown(images)}) and {len(sequences)} sequence files ({shown(sequences)}); pass --kind "
             f"images or --kind sequences (kind=...) to say which to convert: the other files are left out")
     if images:
         return "images"
     if sequences:
         return "sequences"
-    found = (f"found {len(others)} other files ({_examples(others)}; a .txt file counts only when its first line "
+    found = (f"found {len(others)} other files ({shown(others)}; a .txt file counts only when its first line "
              f"is token ids)" if others else "found no file")
     raise SourceError(f"{src} holds neither an ImageFolder tree (class folders of {', '.join(IMG_EXTENSIONS)} "
                       f"files) nor sequence files (.jsonl, or .txt of token ids): {found}; pass --kind to say which")
@@ -396,17 +402,21 @@ def detect_kind(src: str, storage_options: dict[str, Any] | None = None, *,
         return "sequences"
     if not os.path.isdir(src):
         raise SourceError(f"{src}: no such file or directory")
+    # Every file is looked at (a single .jsonl deep down makes the source ambiguous), so this loop
+    # stays cheap: names are made relative only for the few a message shows.
     images, sequences, others, classes = [], [], [], set()
     for folder, names in Walker({dir_key(src)}).walk(src):
-        for name in sorted(names):
+        in_class, before = folder != src, len(images)
+        for name in names:
             path = os.path.join(folder, name)
-            rel = relative(path, src)
+            if in_class and has_image_extension(name):
+                images.append(path)
+                continue
             fmt = sequence_format(name)
-            if "/" in rel and has_image_extension(name):
-                images.append(rel)
-                classes.add(rel.split("/", 1)[0])
-            elif fmt == "jsonl" or (fmt == "txt" and _holds_token_ids(path)):
-                sequences.append(rel)
+            if fmt == "jsonl" or (fmt == "txt" and _holds_token_ids(path)):
+                sequences.append(path)
             else:
-                others.append(rel)
-    return _decide(src, sorted(images), sorted(sequences), len(classes), sorted(others))
+                others.append(path)
+        if len(images) > before:  # this folder holds images: its class is one of the tree's
+            classes.add(os.path.relpath(folder, src).split(os.sep, 1)[0])
+    return _decide(src, images, sequences, len(classes), others, name=lambda path: relative(path, src))
