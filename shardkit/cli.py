@@ -6,7 +6,9 @@ Heavy modules are imported inside the commands, so ``shardkit --help`` answers a
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 import time
 
 import click
@@ -33,11 +35,39 @@ class SizeParam(click.ParamType):
 SIZE = SizeParam()
 
 
+def _printable(text: str) -> str:
+    from .inspect import printable
+
+    return printable(text)
+
+
 def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except ShardkitError as err:
-        raise click.ClickException(str(err)) from None
+        # one line, whatever names it carries: a file name may hold a newline or a terminal escape
+        raise click.ClickException(_printable(str(err))) from None
+
+
+def _not_empty(ctx, param, value: str) -> str:
+    if not value:
+        raise click.BadParameter("must not be empty: it names the JSONL field to read")
+    return value
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with control characters escaped (names in them come from the data)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _printable(super().format(record))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``docker stop``, a scheduler's kill): unwinds the conversion exactly as Ctrl-C does."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,7 +75,9 @@ def _run(fn, *args, **kwargs):
 @click.option("-v", "--verbose", is_flag=True, help="Log what shardkit does.")
 def cli(verbose: bool) -> None:
     """Convert datasets into WebDataset-compatible tar shards, inspect and verify them."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_PrintableFormatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
 
 
 @cli.command()
@@ -67,12 +99,18 @@ def cli(verbose: bool) -> None:
 @click.option("--validate", type=click.Choice(["full", "header"]), default="full", show_default=True,
               help="full: decode every image once; header: only open it.")
 @click.option("--no-validate", is_flag=True, help="Same as --validate header.")
-@click.option("--tokens-field", default="tokens", show_default=True, help="JSONL field holding the tokens.")
-@click.option("--label-field", default="label", show_default=True, help="JSONL field holding the label.")
+@click.option("--tokens-field", default="tokens", show_default=True, callback=_not_empty,
+              help="JSONL field holding the tokens.")
+@click.option("--label-field", default="label", show_default=True, callback=_not_empty,
+              help="JSONL field holding the label.")
+@click.option("--checksum-sources", is_flag=True,
+              help="Hash every source file to tell whether it changed (reads SRC once more); by default "
+                   "sizes, modification times and the content of small files tell.")
 @click.option("--scheduler", metavar="ADDRESS", help="Write shards on a Dask cluster: tcp://host:8786, or 'local'.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
 def convert(src, dst, kind, seed, no_shuffle, max_shard_size, max_shard_samples, workers, strict, overwrite,
-            resize, quality, validate, no_validate, tokens_field, label_field, scheduler, progress) -> None:
+            resize, quality, validate, no_validate, tokens_field, label_field, checksum_sources, scheduler,
+            progress) -> None:
     """Convert an ImageFolder tree or .jsonl/.txt sequence files at SRC into shards in DST.
 
     SRC (images) and DST may be URLs such as s3://bucket/prefix (credentials come from the usual
@@ -85,16 +123,29 @@ def convert(src, dst, kind, seed, no_shuffle, max_shard_size, max_shard_samples,
             raise click.UsageError("--no-validate contradicts --validate full")
         validate = "header"
     started = time.monotonic()
-    manifest = _run(run_convert, src, dst, kind=kind, workers=workers, overwrite=overwrite, progress=progress,
-                    scheduler=scheduler,
-                    seed=seed, shuffle=not no_shuffle, max_shard_size=max_shard_size,
-                    max_shard_samples=max_shard_samples, resize=resize, quality=quality, validate=validate,
-                    strict=strict, tokens_field=tokens_field, label_field=label_field)
+    # (signal handlers belong to the main thread: a CLI called from another thread keeps the default)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    try:
+        manifest = _run(run_convert, src, dst, kind=kind, workers=workers, overwrite=overwrite, progress=progress,
+                        scheduler=scheduler, checksum_sources=checksum_sources,
+                        seed=seed, shuffle=not no_shuffle, max_shard_size=max_shard_size,
+                        max_shard_samples=max_shard_samples, resize=resize, quality=quality, validate=validate,
+                        strict=strict, tokens_field=tokens_field, label_field=label_field)
+    except KeyboardInterrupt as interrupt:
+        how = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
+        click.echo(f"shardkit: {how}; the shards finished so far are kept: run the same command again to "
+                   f"resume", err=True)
+        sys.exit(128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT))
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     seconds = time.monotonic() - started
     rate = manifest.samples / seconds if seconds > 0 else 0.0
+    ignored = (manifest.source or {}).get("ignored") or 0
     click.echo(f"{manifest.samples} samples, {len(manifest.shards)} shards, {manifest.bytes} bytes, "
-               f"{len(manifest.skipped)} skipped, {seconds:.1f} s, {rate:.0f} samples/s, "
-               f"{manifest.bytes / max(seconds, 1e-9) / 1e6:.1f} MB/s")
+               f"{len(manifest.skipped)} skipped, {f'{ignored} ignored, ' if ignored else ''}{seconds:.1f} s, "
+               f"{rate:.0f} samples/s, {manifest.bytes / max(seconds, 1e-9) / 1e6:.1f} MB/s")
     if manifest.skipped:
         click.echo(f"skipped inputs are listed in {dst}/manifest.json (shardkit info {dst})", err=True)
 

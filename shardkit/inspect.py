@@ -16,22 +16,39 @@ from .storage import join, open_shard, read_bytes
 from .storage.files import HashingReader
 
 
+#: The largest ``manifest.json`` read (a manifest of a million shards is about 150 MB): a
+#: bigger one, or a link to ``/dev/zero``, is refused instead of filling memory.
+MANIFEST_LIMIT = 256 * 10**6
+
+
 def load_manifest(dst: str, storage_options: dict[str, Any] | None = None) -> Manifest:
     """The manifest of the dataset at ``dst`` (a directory or URL).
 
     Raises:
         ManifestError: there is no ``manifest.json`` (not a dataset, or a conversion that has not
-            finished), or it is malformed.
+            finished), it is no regular file (a FIFO, a device), larger than
+            :data:`MANIFEST_LIMIT`, or malformed.
     """
     where = join(dst, MANIFEST_NAME)
     try:
-        text = read_bytes(where, storage_options)
+        text = read_bytes(where, storage_options, limit=MANIFEST_LIMIT)
     except FileNotFoundError:
         raise ManifestError(f"{where} does not exist: {dst} is not a shardkit dataset, or its conversion has "
                             f"not finished (run the same convert command again to resume it)") from None
     except (OSError, StorageError) as err:
         raise ManifestError(f"cannot read {where}: {err}") from None
     return Manifest.from_json(text, where)
+
+
+def printable(text: Any) -> str:
+    """``text`` with control and formatting characters (terminal escapes, bidi overrides, line
+    breaks) written as ``\\xNN``/``\\uNNNN``, so a name from a manifest or a shard cannot
+    rewrite the terminal it is printed on."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+                   for c in text)
 
 
 def _human(size: float) -> str:
@@ -44,32 +61,34 @@ def _human(size: float) -> str:
 
 def summary(manifest: Manifest) -> str:
     """A few lines describing the dataset: kind, samples, shards, bytes, classes or token
-    statistics, parameters, and the skipped inputs (the first few)."""
+    statistics, parameters, and the skipped inputs (the first few). Every name from the
+    manifest is made :func:`printable`."""
     lines = [f"{manifest.kind}: {manifest.samples} samples in {len(manifest.shards)} shards, "
-             f"{_human(manifest.bytes)} (format {manifest.format} v{manifest.version})"]
+             f"{_human(manifest.bytes)} (format {printable(manifest.format)} v{manifest.version})"]
     schema = manifest.schema
     if schema.blocks is not None:
         cols = schema.blocks.columns
         lines.append("columns: " + ", ".join(f"{c.field} ({c.kind}{', ' + c.dtype if c.dtype else ''}"
                                              f"{', optional' if c.optional else ''})" for c in cols))
     else:
-        lines.append("fields: " + ", ".join(f"{f.name} ({f.codec.name}{', ' + f.dtype if f.dtype else ''}"
+        lines.append("fields: " + ", ".join(f"{printable(f.name)} ({f.codec.name}{', ' + f.dtype if f.dtype else ''}"
                                             f"{', optional' if f.optional else ''})" for f in schema.fields))
     if manifest.classes is not None:
-        shown = ", ".join(manifest.classes[:10]) + (", ..." if len(manifest.classes) > 10 else "")
+        shown = ", ".join(printable(c) for c in manifest.classes[:10]) + (", ..." if len(manifest.classes) > 10 else "")
         lines.append(f"classes ({len(manifest.classes)}): {shown}")
     if manifest.sequences:
         seq = manifest.sequences
         length = seq.get("length", {})
-        lines.append(f"tokens: {seq.get('tokens')} as {seq['dtype']}, labels: {'yes' if seq.get('has_labels') else 'no'}")
-        if length:
-            lines.append("length: " + ", ".join(f"{k} {v}" for k, v in length.items()))
+        lines.append(f"tokens: {printable(seq.get('tokens'))} as {seq['dtype']}, "
+                     f"labels: {'yes' if seq.get('has_labels') else 'no'}")
+        if isinstance(length, dict) and length:
+            lines.append("length: " + ", ".join(f"{printable(k)} {printable(v)}" for k, v in length.items()))
     if manifest.params:
-        lines.append("params: " + ", ".join(f"{k}={v}" for k, v in manifest.params.items()))
+        lines.append("params: " + ", ".join(f"{printable(k)}={printable(v)}" for k, v in manifest.params.items()))
     lines.append(f"skipped: {len(manifest.skipped)}")
     for entry in manifest.skipped[:5]:
-        line = f":{entry['line']}" if entry.get("line") else ""
-        lines.append(f"  {entry.get('path')}{line}: {entry.get('reason')}")
+        line = f":{printable(entry['line'])}" if entry.get("line") else ""
+        lines.append(f"  {printable(entry.get('path'))}{line}: {printable(entry.get('reason'))}")
     if len(manifest.skipped) > 5:
         lines.append(f"  ... and {len(manifest.skipped) - 5} more (see manifest.json)")
     return "\n".join(lines)
@@ -90,7 +109,7 @@ class VerifyReport:
     def __str__(self) -> str:
         if self.ok:
             return f"ok: {self.shards} shards, {self.samples} samples verified"
-        bad = "\n".join(f"  {name}: {why}" for name, why in self.problems.items())
+        bad = "\n".join(f"  {printable(name)}: {printable(why)}" for name, why in self.problems.items())
         return f"{len(self.problems)} of {self.shards} shards are bad:\n{bad}"
 
 

@@ -149,8 +149,7 @@ class ShardWriter:
             self._finish_shard()
         if self._file is None:
             previous = self._records[-1].sha256 if self._records else ""
-            self._file = ShardFile(self._dst, len(self._records), shard_stamp(previous, *(d for _, d in members)),
-                                   resumable=False)
+            self._file = ShardFile(self._dst, len(self._records), shard_stamp(previous, *(d for _, d in members)))
         self._file.add(ChunkResult(members, 1))
         self._record_fields(sample)
         self.samples += 1

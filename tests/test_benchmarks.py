@@ -4,6 +4,7 @@ chart; the GPU benchmark refuses clearly to run without what it needs. No speed 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -53,7 +54,21 @@ def test_smoke_results_hold_every_scenario_with_measured_rows(smoke):
                for r in s["rows"] if r["contender"] == s["baseline"])
     memory = doc["sections"]["memory_epochs"]["summary"]
     assert memory["samples"] == memory["expected_samples"]
-    assert doc["targets"] and {t["met"] for t in doc["targets"]} <= {True, False}  # every target measured
+    # Every contender of a section did the same work: as many images or samples as its baseline.
+    for section in doc["sections"].values():
+        if section["kind"] == "ratio" and section["unit"] in ("img/s", "samples/s"):
+            counts = {row["contender"]: row["items"] for row in section["rows"]}
+            assert len(set(counts.values())) == 1 and min(counts.values()) > 0, (section["id"], counts)
+    # Every target was measured, and "met" is what its goal says of the measured value.
+    from benchmarks import targets
+
+    assert len(doc["targets"]) == len(targets.check({}, 1)) >= 7
+    for target in doc["targets"]:
+        measured, (op, goal) = target["measured"], target["goal"].rstrip("×").split()
+        assert isinstance(measured, (int, float)) and math.isfinite(measured), target
+        if target["goal"].endswith("×"):
+            assert measured > 0, target
+        assert target["met"] is (measured >= float(goal) if op == ">=" else measured <= float(goal)), target
 
 
 def test_markdown_names_the_baseline_and_every_contender(smoke):

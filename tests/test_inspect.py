@@ -63,15 +63,25 @@ def test_verify_names_each_damaged_shard(which, how, request):
     assert "shard-000001.tar" in str(report)
 
 
-def test_verify_catches_an_undecodable_image_with_a_matching_checksum(tmp_path):
-    """A well-formed shard holding a truncated JPEG, with a manifest that agrees with it: only
-    decoding catches it."""
+DAMAGED_JPEGS = {"truncated": (lambda data: data[: len(data) // 2], "cannot decode image (OSError"),
+                 "header wrecked": (lambda data: b"\0" * 16 + data[16:], "cannot decode image (UnidentifiedImageError")}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_JPEGS)
+def test_verify_catches_an_undecodable_image_with_a_matching_checksum(tmp_path, damage):
+    """A well-formed shard holding a damaged JPEG, with a manifest that agrees with it: only
+    decoding catches it, and the reason is the image's (verify runs in a fresh process, where PIL
+    has loaded only its first plugins: it used to say KeyError: 'MPO')."""
     import hashlib
     import io
     import json
+    import subprocess
+    import sys
+    from pathlib import Path
 
     from shardkit.format.tar import TarWriter, read_members
 
+    cut, reason = DAMAGED_JPEGS[damage]
     root = tmp_path / "tree"
     datagen.make_jpeg_tree(root, classes=1, per_class=2)
     shardkit.convert(root, tmp_path / "out", workers=1)
@@ -80,14 +90,18 @@ def test_verify_catches_an_undecodable_image_with_a_matching_checksum(tmp_path):
     buf = io.BytesIO()
     writer = TarWriter(buf, doc["shards"][0]["stamp"])  # written by the same conversion
     for m in read_members(shard.read_bytes()):
-        writer.add(m.name, m.data[: len(m.data) // 2] if m.name.endswith(".jpg") else m.data)
+        writer.add(m.name, cut(m.data) if m.name.endswith(".jpg") else m.data)
     writer.close()
     shard.write_bytes(buf.getvalue())
     doc["shards"][0].update(sha256=hashlib.sha256(buf.getvalue()).hexdigest(), bytes=len(buf.getvalue()))
     doc["bytes"] = len(buf.getvalue())
     (tmp_path / "out" / "manifest.json").write_text(json.dumps(doc))
     report = verify(str(tmp_path / "out"))
-    assert not report.ok and "cannot decode image" in report.problems["shard-000000.tar"]
+    assert not report.ok and reason in report.problems["shard-000000.tar"]
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "shardkit", "verify", str(tmp_path / "out")], cwd=repo,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and reason in done.stderr and "KeyError" not in done.stderr, done.stderr
 
 
 def test_missing_manifest_says_what_to_do(tmp_path):

@@ -25,6 +25,7 @@ from ..format.fields import PASSTHROUGH_FORMATS
 from ..format.records import image_meta, sample_key, sample_members
 from ..format.schema import LABEL_FIELD, META_FIELD
 from .output import ChunkResult
+from .names import source_path
 from .sources import skip_entry
 
 #: Formats PIL may not try: EPS runs Ghostscript on whatever the file says.
@@ -47,7 +48,7 @@ class SkipImage(Exception):
     """This file is skipped; the message is the reason recorded in the manifest."""
 
 
-def read_source(path: str) -> bytes:
+def read_source(path: str | bytes) -> bytes:
     """The bytes of a regular file (never blocks on a FIFO or device)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -154,11 +155,12 @@ class ImageChunk:
         return ChunkResult(members, len(self.items) - len(skipped), skipped, read)
 
     def _read(self, path: str) -> bytes:
+        where = source_path(self.root, path)  # the recorded name is an escape of the file's real name
         if storage.is_url(self.root):
             # A store failing after its retries fails the conversion (which resumes) rather than
             # drop a valid image: StorageError propagates.
-            return storage.read_bytes(storage.join(self.root, path), self.storage_options)
-        return read_source(os.path.join(self.root, path))
+            return storage.read_bytes(where, self.storage_options)
+        return read_source(where)
 
     # What the worker pool needs to pin a dead worker on one image (see pool.WorkerPool).
 

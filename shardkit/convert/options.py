@@ -10,13 +10,17 @@ from typing import Any, Literal
 _UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
           "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*$")
+#: The largest size accepted (1 PiB): far above any useful shard, far below where the plan's
+#: int64 byte counts would overflow.
+MAX_SIZE = 2**50
 
 
 def parse_size(text: str | int) -> int:
     """``"256MB"`` → 256_000_000, ``"1.5GiB"`` → 1_610_612_736, ``"1000"`` → 1000 (bytes).
 
     Raises:
-        ValueError: not a number with one of the units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB, or not positive.
+        ValueError: not a number with one of the units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB, not
+            positive, or above :data:`MAX_SIZE`.
     """
     if isinstance(text, int) and not isinstance(text, bool):
         value = text
@@ -26,9 +30,12 @@ def parse_size(text: str | int) -> int:
         if unit not in _UNITS:
             raise ValueError(f"{text!r} is not a size: use a number of bytes with an optional unit "
                              f"(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 256MB or 1.5GiB")
-        value = int(float(match.group(1)) * _UNITS[unit])
+        number = float(match.group(1)) * _UNITS[unit]  # inf for hundreds of digits, never an error
+        value = int(number) if number <= MAX_SIZE else MAX_SIZE + 1
     if value <= 0:
         raise ValueError(f"{text!r} is not a positive size")
+    if value > MAX_SIZE:
+        raise ValueError(f"{str(text)[:40]!r} is larger than the largest size accepted, 1 PiB ({MAX_SIZE} bytes)")
     return value
 
 
@@ -79,8 +86,10 @@ class ConvertOptions:
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool")
         for name in ("tokens_field", "label_field"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise TypeError(f"{name} must be a non-empty string")
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a string, not {type(getattr(self, name)).__name__}")
+            if not getattr(self, name):
+                raise ValueError(f"{name} must not be empty: it names the JSONL field to read")
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> "ConvertOptions":

@@ -7,7 +7,12 @@ Layout while a conversion runs::
     DST/.shardkit-partial/plan.json           the plan's digest: a re-run resumes only the same plan
     DST/.shardkit-partial/shard-000003.json   samples, bytes, sha256, skipped of a finished shard
     DST/.shardkit-partial/.shard-000004.tar.tmp-PID-RANDOM   a shard being written
+    DST/.shardkit-partial/replaced-manifest.json  (--overwrite) the old manifest, until its files are gone
     DST/shard-000000.tar ...                  published shards
+
+shardkit removes only what it can prove it wrote: regular files that a shardkit manifest in DST
+or a record in the partial directory names, and its own files in the partial directory; it
+never follows a link out of DST and never removes a directory tree.
 
 Every publication goes through :meth:`Destination.publish`, the one place that moves bytes to their
 final name: a rename on a local disk, an upload (``shardkit.storage.publish``) to an fsspec URL,
@@ -22,21 +27,44 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
+
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import storage
 from ..errors import DestinationError
-from ..format.index import INDEX_SUFFIX, IndexBuilder, index_name
-from ..format.manifest import MANIFEST_NAME, shard_index, shard_name
+from ..format.index import IndexBuilder, index_name
+from ..format.manifest import MANIFEST_NAME, shard_name
 from ..format.tar import TarWriter
+from ..inspect import MANIFEST_LIMIT
 from ..storage.files import HashingWriter, temporary_path
+from .owned import OUTPUT_NAME, PARTIAL_ENTRY, named_files, output_names, what
 
 PARTIAL = ".shardkit-partial"
 PLAN_NAME = "plan.json"
 LOCK_NAME = "lock"
+REPLACED_NAME = "replaced-manifest.json"
+_locked: "weakref.WeakSet[Destination]" = weakref.WeakSet()
+
+
+def _close_inherited_locks() -> None:
+    # A flock belongs to the open file, which a fork shares: a forked worker that outlives its
+    # parent (killed by the OOM killer or `docker stop`) would keep DST locked for good. The
+    # child closes its copy; the parent's lock stays, since its own descriptor is still open.
+    for dst in list(_locked):
+        if dst._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(dst._lock_fd)
+            dst._lock_fd = None
+    _locked.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 @dataclass
@@ -90,12 +118,12 @@ def _space_error(err: OSError, what: str, dst: str) -> DestinationError:
 class ShardWriter:
     """Writes one shard to a local temporary file (:attr:`Destination.staging`), with its index;
     :meth:`finish` fsyncs both, publishes the index then the shard under their final names and
-    records them (``resumable``: in the partial directory, for a re-run to find). ``stamp`` goes
-    into every tar header (see ``format.tar.member_header``). Used as a context manager, the
-    temporary files are removed if the shard is not finished."""
+    records them in the partial directory, for a re-run to find. ``stamp`` goes into every tar
+    header (see ``format.tar.member_header``). Used as a context manager, the temporary files are
+    removed if the shard is not finished."""
 
-    def __init__(self, dst: "Destination", index: int, stamp: str = "", *, resumable: bool = True) -> None:
-        self.dst, self.name, self.stamp, self.resumable = dst, shard_name(index), stamp, resumable
+    def __init__(self, dst: "Destination", index: int, stamp: str = "") -> None:
+        self.dst, self.name, self.stamp = dst, shard_name(index), stamp
         # Unique per writer: a scheduler may run the same shard twice at once (both give the same bytes).
         self.tmp = temporary_path(self.name, dst.staging)
         self.samples, self.skipped = 0, []
@@ -140,22 +168,28 @@ class ShardWriter:
         self.skipped.extend(chunk.skipped)
 
     def finish(self) -> ShardRecord:
+        """Complete the shard, record it, then publish its index and itself. Recorded first: every
+        file published in DST is one shardkit can prove it wrote (``--overwrite`` removes only
+        those); a record whose files are missing or differ only means the shard is written again
+        on resume."""
         index = self._index.finish(self._tar.bytes_written).to_bytes()
-        index_name_ = index_name(self.name)
         try:
             self._tar.close()
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
-            self.dst.write_file(index_name_, index)
-            self.dst.publish(self.tmp, self.name)
         except OSError as err:
             raise _space_error(err, self.name, self.dst.path) from None
         record = ShardRecord(self.name, self.samples, self._tar.bytes_written, self._hash.hexdigest(),
                              self.skipped, self.stamp or None,
-                             {"bytes": len(index), "sha256": hashlib.sha256(index).hexdigest()})
-        if self.resumable:  # what lets a re-run of convert resume (ShardWriter starts over instead)
-            self.dst.save_record(record)
+                             {"name": index_name(self.name), "bytes": len(index),
+                              "sha256": hashlib.sha256(index).hexdigest()})
+        self.dst.save_record(record)
+        try:
+            self.dst.write_file(index_name(self.name), index)
+            self.dst.publish(self.tmp, self.name)
+        except OSError as err:
+            raise _space_error(err, self.name, self.dst.path) from None
         return record
 
 
@@ -164,9 +198,13 @@ def _record_name(shard: str) -> str:
     return shard.removesuffix(".tar") + ".json"
 
 
+def _shard_number(name: str) -> int:
+    """The number in ``shard-000012.tar`` or a file beside it (``shard-000012.idx``)."""
+    return int(name.split("-", 1)[1].split(".", 1)[0])
+
+
 def _is_shardkit_file(name: str) -> bool:
-    return name in (MANIFEST_NAME, PARTIAL) or shard_index(name) is not None or \
-        (name.endswith(INDEX_SUFFIX) and shard_index(name.removesuffix(INDEX_SUFFIX) + ".tar") is not None)
+    return name in (MANIFEST_NAME, PARTIAL) or OUTPUT_NAME.match(name) is not None
 
 
 class Destination:
@@ -186,6 +224,7 @@ class Destination:
         self.remote = storage.is_url(path)
         self.partial = storage.join(path, PARTIAL)
         self._lock_fd: int | None = None
+        self._lock_pid = 0
         self._created = self._created_lock = False
         self._staging: str | None = None
 
@@ -211,33 +250,65 @@ class Destination:
             raise DestinationError(f"the destination {self.path} exists and is not a directory")
         if not os.access(self.path, os.W_OK | os.X_OK) or _read_only_fs(self.path):
             raise DestinationError(f"the destination {self.path} is not writable")
+        try:
+            os.mkdir(self.partial)
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise DestinationError(f"the destination {self.path} is not writable: {err.strerror or err}") from None
+        mode = os.lstat(self.partial).st_mode
+        if not stat.S_ISDIR(mode):  # never follow a link out of DST, nor write into a file
+            raise DestinationError(f"{self.partial} is {what(mode)}, not the directory shardkit keeps its "
+                                   f"working files in; shardkit never follows a link out of the destination: "
+                                   f"remove it, then run again")
         lock = os.path.join(self.partial, LOCK_NAME)
         self._created_lock = not os.path.lexists(lock)
         try:
-            os.makedirs(self.partial, exist_ok=True)
-            self._lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise DestinationError(f"{lock} is a symbolic link; shardkit never follows a link out of the "
+                                       f"destination: remove it, then run again") from None
             raise DestinationError(f"the destination {self.path} is not writable: {err.strerror or err}") from None
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+            os.close(fd)
             raise DestinationError(f"another conversion is writing into {self.path} (it holds "
                                    f"{os.path.join(PARTIAL, LOCK_NAME)}); wait for it to finish") from None
+        self._lock_fd, self._lock_pid = fd, os.getpid()
+        _locked.add(self)
+        try:
+            self._check_partial()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         for name in os.listdir(self.partial):  # left by a killed run; we hold the lock, so nobody writes them
             if ".tmp-" in name:
                 os.unlink(os.path.join(self.partial, name))
         return self
 
+    def _check_partial(self) -> None:
+        """Everything in the partial directory must be a regular file of a name shardkit gives its
+        own files: anything else was put there by someone else, and is not shardkit's to remove."""
+        for name in sorted(os.listdir(self.partial)):
+            mode = os.lstat(os.path.join(self.partial, name)).st_mode
+            if not (PARTIAL_ENTRY.match(name) and stat.S_ISREG(mode)):
+                raise DestinationError(f"{os.path.join(self.partial, name)} is {what(mode)} that shardkit did not "
+                                       f"write; it keeps only its own files in {PARTIAL}: remove it, then run again")
+
     def __exit__(self, *exc) -> None:
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
             self._staging = None
-        if self._lock_fd is None:
+        if self._lock_fd is None or self._lock_pid != os.getpid():
             return
-        # Leave nothing behind that a later run could mistake for work in progress.
+        # Leave nothing behind that a later run could mistake for work in progress; the temporary
+        # files are those of workers stopped mid-shard (the pool is gone by now, and we hold the lock).
         try:
+            for name in os.listdir(self.partial):
+                if ".tmp-" in name:
+                    os.unlink(os.path.join(self.partial, name))
             if os.listdir(self.partial) == [LOCK_NAME]:
                 os.unlink(os.path.join(self.partial, LOCK_NAME))
                 os.rmdir(self.partial)
@@ -247,27 +318,43 @@ class Destination:
                 os.rmdir(self.path)
         except OSError:
             pass
+        _locked.discard(self)
         os.close(self._lock_fd)
         self._lock_fd = None
 
     # --- storage, local or remote ---
 
     def _read_text(self, path: str) -> str | None:
+        """A small file of DST (manifest, plan, record), None if absent; a file that is no
+        regular file or too large is an error, never a hang or an allocation."""
         if self.remote and not storage.exists(path, self.storage_options):
             return None
         try:
-            return storage.read_bytes(path, self.storage_options).decode("utf-8", "replace")
+            return storage.read_bytes(path, self.storage_options, limit=MANIFEST_LIMIT).decode("utf-8", "replace")
         except FileNotFoundError:
             return None
+        except OSError as err:
+            raise DestinationError(f"cannot read {path}: {err.strerror or err}") from None
 
     def _names(self, folder: str) -> list[str]:
         return storage.ls(folder, self.storage_options)
 
+    def _kind(self, name: str, folder: str | None = None) -> str | None:
+        """What ``name`` in DST is: "a regular file", "a directory", "a symbolic link", ..., or None."""
+        path = storage.join(folder or self.path, name)
+        if self.remote:  # an object store holds objects only
+            return "a regular file" if storage.exists(path, self.storage_options) else None
+        try:
+            return what(os.lstat(path).st_mode)
+        except FileNotFoundError:
+            return None
+
     def _remove(self, path: str) -> None:
-        if not self.remote and os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
-            storage.remove(path, self.storage_options)
+        """Delete one file; a link is removed itself, never what it points to, and a directory
+        never (callers checked: :meth:`clear`)."""
+        if not self.remote and os.path.isdir(path) and not os.path.islink(path):
+            raise DestinationError(f"{path} is a directory; shardkit removes only files it wrote")
+        storage.remove(path, self.storage_options)
 
     def publish(self, tmp: str, name: str, folder: str | None = None) -> None:
         """Make the finished, fsync'd local file ``tmp`` appear whole as ``name`` in DST (or in
@@ -285,6 +372,8 @@ class Destination:
         path = storage.join(self.path, name)
         if self.remote:
             return storage.sha256_of(path, self.storage_options) if storage.exists(path, self.storage_options) else None
+        if self._kind(name) != "a regular file":  # a link or a FIFO in a shard's place is no shard
+            return None
         h, size = hashlib.sha256(), 0
         with open(path, "rb") as f:
             while chunk := f.read(1 << 20):
@@ -301,23 +390,81 @@ class Destination:
         return [n for n in self._names(self.path) if n not in (PARTIAL, MANIFEST_NAME) and _is_shardkit_file(n)]
 
     def shard_size(self, name: str) -> int | None:
+        """The size of a published shard; None if absent or not a regular file."""
+        if not self.remote and self._kind(name) != "a regular file":
+            return None
         return storage.size(storage.join(self.path, name), self.storage_options)
 
     def manifest_text(self) -> str | None:
         return self._read_text(storage.join(self.path, MANIFEST_NAME))
 
-    def partial_digest(self) -> str | None:
+    def partial_plan(self) -> dict[str, Any] | None:
+        """The plan an unfinished run recorded (``digest``, ``kind``, ``params``), None if none;
+        an unreadable one has the digest ``"<unreadable>"``."""
         text = self._read_text(storage.join(self.partial, PLAN_NAME))
         if text is None:
             return None
         try:
-            return json.loads(text).get("digest")
-        except (ValueError, AttributeError):
-            return "<unreadable>"
+            plan = json.loads(text)
+            if isinstance(plan, dict) and isinstance(plan.get("digest"), str):
+                return plan
+        except ValueError:
+            pass
+        return {"digest": "<unreadable>"}
+
+    def partial_digest(self) -> str | None:
+        plan = self.partial_plan()
+        return None if plan is None else plan["digest"]
+
+    def _recorded_files(self) -> set[str]:
+        """The files the partial directory says shardkit wrote: those of a manifest being
+        replaced, and the shards of the records."""
+        names = set(named_files(self._read_text(storage.join(self.partial, REPLACED_NAME))) or [])
+        for entry in self._names(self.partial):
+            if re.fullmatch(r"shard-[0-9]{6,}\.json", entry):
+                try:
+                    names.update(output_names(json.loads(self._read_text(storage.join(self.partial, entry)) or "")))
+                except ValueError:
+                    pass
+        return names
 
     def clear(self) -> None:
-        """Remove shardkit's own files (shards, manifest, partial records), nothing else."""
-        for name in self.shard_files() + [MANIFEST_NAME]:
+        """Remove what shardkit wrote here: the manifest first (so no new reader starts on it while
+        its shards go), then every file it names or the partial records name, then the records.
+
+        Raises:
+            DestinationError: before anything is removed, when something shardkit did not write is in
+                the way: a ``manifest.json`` that is not shardkit's, a file named like a shard that no
+                manifest or record names, or a named file that is a directory, link or special file.
+        """
+        where = storage.join(self.path, MANIFEST_NAME)
+        text = self.manifest_text()
+        removable = self._recorded_files()
+        if text is not None:
+            named = named_files(text)
+            if named is None:
+                raise DestinationError(f"{where} is not a shardkit manifest; shardkit removes only what it wrote: "
+                                       f"move it away, or choose another destination")
+            removable.update(named)
+        in_the_way = [n for n in self._names(self.path) if OUTPUT_NAME.match(n) and n not in removable]
+        if in_the_way:
+            shown = ", ".join(in_the_way[:5]) + (", ..." if len(in_the_way) > 5 else "")
+            raise DestinationError(f"{self.path} holds {shown}, which no shardkit manifest there names; shardkit "
+                                   f"removes only files it wrote: move them away, or choose another destination")
+        for name in sorted(removable | ({MANIFEST_NAME} if text is not None else set())):
+            kind = self._kind(name)
+            if kind not in (None, "a regular file"):
+                raise DestinationError(f"{storage.join(self.path, name)} is {kind}, not a file shardkit wrote; "
+                                       f"shardkit removes only its own files: remove it yourself, or choose "
+                                       f"another destination")
+        if text is not None:
+            # Kept in the partial directory until its shards are gone: a run killed in between
+            # still knows which files were shardkit's.
+            self._write_small(REPLACED_NAME, text, f"the replaced {MANIFEST_NAME}", self.partial)
+            self._remove(where)
+            if not self.remote:
+                _fsync_dir(self.path)
+        for name in sorted(removable):
             self._remove(storage.join(self.path, name))
         self.clear_partial()
 
@@ -326,6 +473,10 @@ class Destination:
         for name in self._names(self.partial):
             if name != LOCK_NAME:
                 self._remove(storage.join(self.partial, name))
+
+    def has_records(self) -> bool:
+        """Whether a shard of this plan was finished and recorded (there is work to resume)."""
+        return any(re.fullmatch(r"shard-[0-9]{6,}\.json", n) for n in self._names(self.partial))
 
     # --- the run's records ---
 
@@ -378,10 +529,19 @@ class Destination:
         return None
 
     def remove_extra_shards(self, count: int) -> None:
-        """Shards (and their indexes) numbered ``count`` and above belong to no plan of this run."""
-        for name in self.shard_files():
-            if shard_index(name.removesuffix(INDEX_SUFFIX) + ".tar" if name.endswith(INDEX_SUFFIX) else name) >= count:
-                self._remove(storage.join(self.path, name))
+        """Shards (and the files beside them) numbered ``count`` and above belong to no plan of
+        this run: those shardkit recorded are removed; any other is in the way (a
+        DestinationError naming it)."""
+        extra = [n for n in self.shard_files() if _shard_number(n) >= count]
+        if not extra:
+            return
+        recorded = self._recorded_files()
+        foreign = [n for n in extra if n not in recorded or self._kind(n) != "a regular file"]
+        if foreign:
+            raise DestinationError(f"{self.path} holds {', '.join(foreign[:5])}, which this conversion did not "
+                                   f"write; move them away, or choose another destination")
+        for name in extra:
+            self._remove(storage.join(self.path, name))
 
     def write_manifest(self, text: str) -> None:
         """Publish the manifest, then remove the partial directory: the conversion is complete."""

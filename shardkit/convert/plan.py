@@ -62,6 +62,8 @@ class Plan:
     images: ImageSource | None = None
     sequences: SequenceTable | None = None
     block_starts: np.ndarray | None = None
+    #: what the shards' stamps derive from (:func:`content_digest`; the digest when not set)
+    stamps: str = ""
 
     @property
     def num_shards(self) -> int:
@@ -78,13 +80,24 @@ class Plan:
         return [(int(s), int(e)) for s, e in zip(starts, ends)]
 
 
-def digest(kind: str, options: ConvertOptions, listing: list[tuple[str, int]]) -> str:
-    """sha256 over the kind, the options and every source file's relative path and size: equal
-    digests mean the same conversion (paths outside SRC, times and worker counts play no part)."""
+def digest(kind: str, options: ConvertOptions, listing: list[tuple]) -> str:
+    """sha256 over the kind, the options and every source file's ``(relative path, size, stamp)``
+    (the stamp, :func:`.sources.file_stamp`, is its modification time in nanoseconds, plus its
+    sha256 for small files or with ``checksum_sources``): equal digests mean the same conversion of
+    the same bytes. Paths outside SRC and worker counts play no part; a copy of the tree that keeps
+    the modification times (``cp -a``, ``shutil.copytree``) has the same digest."""
     h = hashlib.sha256(json.dumps({"kind": kind, "params": options.as_params()}, sort_keys=True).encode())
-    for path, size in listing:
-        h.update(json.dumps([path, size]).encode())
+    for entry in listing:
+        h.update(json.dumps(list(entry)).encode())
     return h.hexdigest()
+
+
+def content_digest(kind: str, options: ConvertOptions, listing: list[tuple]) -> str:
+    """:func:`digest` over names and sizes only (no times, hashes or store tags): what the shards'
+    stamps derive from. The same files give the same shards wherever they are and however they
+    were copied (a local tree and its upload to S3 included), while another dataset converted into
+    the same place gives other stamps, which readers of the old manifest notice."""
+    return digest(kind, options, [(path, size) for path, size, *_ in listing])
 
 
 def sample_order(n: int, options: ConvertOptions) -> np.ndarray:
@@ -120,7 +133,8 @@ def plan_images(source: ImageSource, options: ConvertOptions, digest_: str) -> P
         image_meta(item.path, item.label, source.classes[item.label]), META_FIELD)))) for item in source.items],
         dtype=np.int64)
     starts = cut(per_sample[order] if len(order) else per_sample, options.max_shard_size, options.max_shard_samples)
-    return Plan("images", options, digest_, order, starts, list(source.skipped), images=source)
+    return Plan("images", options, digest_, order, starts, list(source.skipped), images=source,
+                stamps=content_digest("images", options, source.listing()))
 
 
 def block_bytes(ntokens: np.ndarray, labels: np.ndarray | None, dtype: np.dtype) -> int:
@@ -165,4 +179,5 @@ def plan_sequences(table: SequenceTable, options: ConvertOptions, digest_: str,
     if n:
         shard_starts.append(n)
     return Plan("sequences", options, digest_, order, np.array(shard_starts, dtype=np.int64), skipped,
-                sequences=table, block_starts=np.array(block_starts, dtype=np.int64))
+                sequences=table, block_starts=np.array(block_starts, dtype=np.int64),
+                stamps=content_digest("sequences", options, table.source.listing()))

@@ -8,7 +8,6 @@ in plan order and encodes them at the dataset's dtype, known only once pass 1 ha
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 from ..errors import SourceError
 from ..format.blocks import token_layout
 from ..format.records import NO_LABEL, sample_key
+from .names import source_path
 from .output import ChunkResult
 from .plan import SequenceTable
 from .sources import RecordError, SequenceSource, is_blank, parse_line, skip_entry
@@ -42,7 +42,7 @@ class ScanResult:
 class ScanRange:
     """A pass-1 task: the records whose line starts in ``[start, end)`` of one file."""
 
-    path: str
+    path: str | bytes  # where the file is (names.source_path)
     file: int
     fmt: str
     start: int
@@ -91,7 +91,7 @@ def scan_ranges(source: SequenceSource, tokens_field: str, label_field: str, wor
     range_bytes = max(min(1 << 20, SCAN_RANGE_BYTES), min(SCAN_RANGE_BYTES, -(-total // (4 * workers))))
     tasks = []
     for i, f in enumerate(source.files):
-        path = os.path.join(source.root, f.path)
+        path = source_path(source.root, f.path)
         for start in range(0, max(f.size, 1), range_bytes):
             tasks.append(ScanRange(path, i, f.fmt, start, min(start + range_bytes, f.size), tokens_field, label_field))
     return tasks
@@ -152,7 +152,7 @@ class BlockChunk:
     def _read(self, handles: dict, file: int, offset: int, nbytes: int, ntokens: int) -> np.ndarray:
         path, fmt = self.files[file]
         if file not in handles:
-            handles[file] = open(os.path.join(self.root, path), "rb")
+            handles[file] = open(source_path(self.root, path), "rb")
         f = handles[file]
         f.seek(offset)
         line = f.read(nbytes)

@@ -73,7 +73,10 @@ class ShardInfo:
         return (self.name,) + ((self.index_name,) if self.index is not None else ())
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        doc = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.index is not None:  # one key order, however the entry was built or read back
+            doc["index"] = {k: self.index[k] for k in ("name", "bytes", "sha256") if k in self.index}
+        return doc
 
 
 @dataclass
@@ -229,7 +232,8 @@ def _shard_info(entry: Any, i: int, where: str) -> ShardInfo:
         raise ManifestError(f"{where}: shard {info.name} has invalid stamp {info.stamp!r:.80}")
     index = info.index
     if index is not None and not (isinstance(index, dict) and _is_count(index.get("bytes"))
-                                  and isinstance(index.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", index["sha256"])):
+                                  and isinstance(index.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", index["sha256"])
+                                  and index.get("name", index_name(info.name)) == index_name(info.name)):
         raise ManifestError(f"{where}: shard {info.name} has an invalid index entry {index!r:.80}")
     return info
 

@@ -13,15 +13,16 @@ import hashlib
 import io
 import os
 import shutil
+import stat
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import IO, Any, TypeVar
+from typing import IO, Any, NamedTuple, TypeVar
 
 from fsspec.asyn import AsyncFileSystem
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from ..errors import MissingExtraError
+from ..errors import MissingExtraError, ShardError, StorageError
 from . import fork as _fork  # noqa: F401 - makes fsspec's event loop safe in forked DataLoader workers
 from . import retry as _retry
 from .cache import ShardCache
@@ -29,9 +30,9 @@ from .redact import safe_url, secrets_of
 from .remote import RangeReader
 from .retry import RetryPolicy, call
 
-__all__ = ["RetryPolicy", "ShardCache", "exists", "filesystem", "info", "is_url", "join", "ls", "open_input",
-           "open_shard", "publish", "put_file", "read_bytes", "remove", "safe_url", "sha256_of", "size",
-           "sizes", "walk_files"]
+__all__ = ["FileEntry", "NotRegularFileError", "RetryPolicy", "ShardCache", "TooLargeError", "exists", "filesystem",
+           "info", "is_url", "join", "list_files", "ls", "open_input", "open_shard", "publish", "put_file",
+           "read_bytes", "remove", "safe_url", "sha256_of", "size", "sizes", "walk_files"]
 
 T = TypeVar("T")
 Options = dict[str, Any] | None
@@ -59,9 +60,16 @@ def filesystem(path: str | os.PathLike, storage_options: Options = None):
     Raises:
         MissingExtraError: the protocol's implementation (s3fs, aiohttp, gcsfs, ...) is not
             installed; the message says what to install.
+        StorageError: a protocol fsspec does not know (``foo://``).
     """
     try:
         return url_to_fs(os.fspath(path), **(storage_options or {}))
+    except ValueError as err:
+        if "Protocol not known" not in str(err):
+            raise
+        protocol = os.fspath(path).split("://", 1)[0]
+        raise StorageError(f"{safe_url(path)}: unknown protocol {protocol!r:.40}: use a local path or a URL "
+                           f"such as s3://, gs://, https://, file://") from None
     except ImportError as err:
         protocol = os.fspath(path).split("://", 1)[0].lower()
         extra = _EXTRAS.get(protocol)
@@ -102,7 +110,51 @@ def _run(remote, what: str, op: Callable[..., T], storage_options: Options, retr
                 busy_not_found=_is_http(fs) if busy_not_found is None else busy_not_found, **kwargs)
 
 
-# -- reading ------------------------------------------------------------------------------
+# -- reading ----------------------------------------------------------------------------
+class NotRegularFileError(OSError):
+    """A local path that is a directory, FIFO, device or socket where a file is expected:
+    reading it could block forever (a FIFO) or never end (``/dev/zero``). ``what`` says which."""
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(f"{path} is {what}, not a regular file")
+        self.what = what
+
+
+class TooLargeError(OSError):
+    """A file larger than the caller's limit (:func:`read_bytes`)."""
+
+
+def _file_type(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _open_local(path: str | os.PathLike) -> IO[bytes]:
+    """A local regular file, opened without blocking (O_NONBLOCK: a FIFO answers at once) and
+    checked with fstat on the open descriptor, so what is checked is what is read.
+
+    Raises:
+        NotRegularFileError: a directory, FIFO, device or socket (links are followed).
+        OSError: it cannot be opened.
+    """
+    def opener(name, flags):
+        fd = os.open(name, flags | os.O_NONBLOCK)
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise NotRegularFileError(os.fsdecode(path), _file_type(mode))
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    return open(_local(path), "rb", buffering=1 << 20, opener=opener)
+
+
 def _reader(remote, storage_options: Options, retry: RetryPolicy | None, size: int | None,
             offset: int = 0) -> RangeReader:
     fs, fspath, url = remote
@@ -112,25 +164,40 @@ def _reader(remote, storage_options: Options, retry: RetryPolicy | None, size: i
 
 def open_input(path: str | os.PathLike, storage_options: Options = None, *,
                retry: RetryPolicy | None = None) -> IO[bytes]:
-    """A buffered binary stream over a local file or URL (the caller closes it).
+    """A buffered binary stream over a local regular file or URL (the caller closes it).
 
     Remote reads are retried and resumed (see :func:`open_shard`).
 
     Raises:
+        NotRegularFileError: (an ``OSError``) a local path that is no regular file.
         OSError: a local file that cannot be opened.
         StorageError: a URL that is missing, refused, or failing after its retries.
     """
     remote = _remote(path, storage_options)
     if remote is None:
-        return open(_local(path), "rb", buffering=1 << 20)
+        return _open_local(path)
     return io.BufferedReader(_reader(remote, storage_options, retry, None), 1 << 20)
 
 
 def read_bytes(path: str | os.PathLike, storage_options: Options = None, *,
-               retry: RetryPolicy | None = None) -> bytes:
-    """The whole content of a local file or URL (a manifest), with the same retries as shards."""
+               retry: RetryPolicy | None = None, limit: int | None = None) -> bytes:
+    """The whole content of a local regular file or URL (a manifest), with the same retries as
+    shards; at most ``limit`` bytes.
+
+    Raises:
+        TooLargeError: (an ``OSError``) more than ``limit`` bytes; no more than that is read.
+        NotRegularFileError, OSError, StorageError: as :func:`open_input`.
+    """
     with open_input(path, storage_options, retry=retry) as f:
-        return f.read()
+        if limit is None:
+            return f.read()
+        # a local file tells its size, so nothing need be read to refuse it; a stream is cut at the limit
+        local = _remote(path, storage_options) is None
+        data = b"" if local and os.fstat(f.fileno()).st_size > limit else f.read(limit + 1)
+        if len(data) > limit or (local and not data and os.fstat(f.fileno()).st_size > limit):
+            raise TooLargeError(f"{safe_url(os.fspath(path))} holds more than {limit} bytes, the most shardkit "
+                                f"reads of it")
+    return data
 
 
 def open_shard(path: str | os.PathLike, *, storage_options: Options = None,
@@ -151,11 +218,17 @@ def open_shard(path: str | os.PathLike, *, storage_options: Options = None,
     Raises:
         OSError: a local shard that cannot be opened.
         StorageError: (from reads too) a URL missing, refused, or failing after ``retry``'s limits.
-        ShardError: (at the end of a cached download) bytes that disagree with ``size``/``sha256``.
+        ShardError: a local shard that is no regular file (a directory, FIFO or device: it would
+            hang or never end), or (at the end of a cached download) bytes that disagree with
+            ``size``/``sha256``.
     """
     remote = _remote(path, storage_options)
     if remote is None:
-        f = open(_local(path), "rb", buffering=1 << 20)
+        try:
+            f = _open_local(path)
+        except NotRegularFileError as err:
+            raise ShardError(f"is {err.what}, not a regular file: a shard must be a file",
+                             shard=os.fsdecode(path)) from None
         if offset:
             f.seek(offset)
         return f
@@ -269,9 +342,22 @@ def ls(path: str | os.PathLike, storage_options: Options = None, *,
                                                                        storage_options, retry))
 
 
-def walk_files(path: str | os.PathLike, storage_options: Options = None, *,
-               retry: RetryPolicy | None = None) -> list[tuple[str, int]]:
-    """Every file under a directory or prefix, recursively: ``(relative path with '/', size)``, sorted.
+class FileEntry(NamedTuple):
+    """One file of a listing: path relative to the listed directory (``/`` separators), size, and
+    a stamp that changes when the file does (its mtime in ns locally; the store's ETag or time)."""
+
+    path: str
+    size: int
+    stamp: str
+
+
+#: The fields of a store's listing that change with an object's content, most telling first.
+_STAMP_FIELDS = ("ETag", "etag", "md5Hash", "LastModified", "last_modified", "mtime", "updated", "created")
+
+
+def list_files(path: str | os.PathLike, storage_options: Options = None, *,
+               retry: RetryPolicy | None = None) -> list[FileEntry]:
+    """Every file under a directory or prefix, recursively, sorted by path (links not followed).
 
     Raises:
         StorageError: the listing failed after its retries or was refused.
@@ -283,7 +369,9 @@ def walk_files(path: str | os.PathLike, storage_options: Options = None, *,
         for top, _dirs, files in os.walk(root):
             for name in files:
                 full = os.path.join(top, name)
-                found.append((os.path.relpath(full, root).replace(os.sep, "/"), os.path.getsize(full)))
+                st = os.stat(full)
+                found.append(FileEntry(os.path.relpath(full, root).replace(os.sep, "/"), st.st_size,
+                                       str(st.st_mtime_ns)))
         return sorted(found)
 
     def find(fs, p, **kw):
@@ -296,8 +384,19 @@ def walk_files(path: str | os.PathLike, storage_options: Options = None, *,
     for name, info in _run(remote, "listing", find, storage_options, retry).items():
         name = fs._strip_protocol(name)
         if info.get("type", "file") == "file" and name.startswith(root + "/"):
-            found.append((name[len(root) + 1:], int(info.get("size") or 0)))
+            stamp = next((str(info[k]) for k in _STAMP_FIELDS if info.get(k) is not None), "")
+            found.append(FileEntry(name[len(root) + 1:], int(info.get("size") or 0), stamp))
     return sorted(found)
+
+
+def walk_files(path: str | os.PathLike, storage_options: Options = None, *,
+               retry: RetryPolicy | None = None) -> list[tuple[str, int]]:
+    """Every file under a directory or prefix, recursively: ``(relative path with '/', size)``, sorted.
+
+    Raises:
+        StorageError: the listing failed after its retries or was refused.
+    """
+    return [(entry.path, entry.size) for entry in list_files(path, storage_options, retry=retry)]
 
 
 # -- writing ------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The destination: re-runs, other datasets, the lock, read-only and full disks, kill -9 and resume."""
 
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -52,6 +53,11 @@ def test_destination_holding_something_else_is_refused(jpeg_tree, tmp_path, chan
     with pytest.raises(DestinationError, match="--overwrite"):
         shardkit.convert(jpeg_tree, dst, workers=1, seed=seed)
     assert dst_files(dst) == before  # refused before touching anything
+    if change == "stray shard":  # no manifest names it: shardkit cannot know it wrote it
+        with pytest.raises(DestinationError, match=r"shard-000000\.tar, which no shardkit manifest there names"):
+            shardkit.convert(jpeg_tree, dst, workers=1, seed=seed, overwrite=True)
+        assert dst_files(dst) == before
+        return
     manifest = shardkit.convert(jpeg_tree, dst, workers=1, seed=seed, overwrite=True)
     assert manifest.params["seed"] == seed and manifest_doc(dst)["samples"] == manifest.samples
     if change == "foreign file":
@@ -253,5 +259,12 @@ def test_remote_imagefolder_source_gives_the_bytes_of_a_local_one(jpeg_tree, tmp
     local = shardkit.convert(jpeg_tree, tmp_path / "local", workers=1, max_shard_samples=8)
     remote = shardkit.convert(url, tmp_path / "remote", workers=1, max_shard_samples=8)  # memory:// is per process
     assert remote.shards == local.shards and remote.classes == local.classes
-    assert dst_files(tmp_path / "remote") == dst_files(tmp_path / "local")
+    remote_files, local_files = dst_files(tmp_path / "remote"), dst_files(tmp_path / "local")
+    assert {k: v for k, v in remote_files.items() if k != "manifest.json"} == \
+        {k: v for k, v in local_files.items() if k != "manifest.json"}
+    # the source part differs: the store's stamps are not the local modification times, and the
+    # README is ignored there
+    remote_doc, local_doc = (json.loads(files["manifest.json"]) for files in (remote_files, local_files))
+    assert remote_doc.pop("source")["ignored"] == 1 and local_doc.pop("source")["ignored"] == 0
+    assert remote_doc == local_doc
     fs.rm(url, recursive=True)

@@ -52,7 +52,7 @@ def test_custom_fields_and_mixed_files(sequences, tmp_path):
 
 
 @pytest.mark.parametrize("max_id, dtype", [(255, "uint8"), (256, "uint16"), (65_535, "uint16"),
-                                           (65_536, "uint32"), (2**32, "uint64"), (2**64 - 1, "uint64")])
+                                           (65_536, "uint32"), (2**32, "uint64"), (2**63 - 1, "uint64")])
 def test_dtype_is_the_smallest_that_holds_the_largest_id(tmp_path, max_id, dtype):
     rows = [([0, 1, 2], 1), ([max_id, 5], 2), ([7], None)]
     path = datagen.write_jsonl(tmp_path / "s.jsonl", rows)
@@ -114,11 +114,13 @@ def test_strict_sequences(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_nothing_valid_gives_an_empty_dataset(tmp_path):
+def test_nothing_valid_is_an_error_naming_the_reasons(tmp_path):
     path = tmp_path / "s.jsonl"
     path.write_text('{"tokens": []}\nnot json\n')
-    manifest = shardkit.convert(path, tmp_path / "out", workers=1)
-    assert manifest.shards == [] and len(manifest.skipped) == 2 and manifest.sequences["tokens"] == 0
+    with pytest.raises(SourceError, match=r"found no sample .*2 input\(s\) skipped: s\.jsonl:1: field 'tokens' is "
+                                          r"empty; s\.jsonl:2: not valid JSON"):
+        shardkit.convert(path, tmp_path / "out", workers=1)
+    assert not (tmp_path / "out").exists()
 
 
 def test_same_bytes_for_any_worker_count_and_range_size(sequences, tmp_path, monkeypatch):

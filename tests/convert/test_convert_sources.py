@@ -46,8 +46,9 @@ def test_listing_reports_broken_links_and_survives_loops(tmp_path):
     os.symlink(root / "cat", root / "cat" / "sub" / "loop")  # a folder that contains itself
     os.mkfifo(root / "dog" / "pipe.png")
     listed = list_images(str(root))
-    assert {e["path"]: e["reason"].split(":")[0] for e in listed.skipped} == {
-        "cat/broken.jpg": "cannot read", "dog/pipe.png": "not a regular file"}
+    assert {e["path"]: e["reason"].split(":")[0].split(" (")[0] for e in listed.skipped} == {
+        "cat/broken.jpg": "cannot read", "dog/pipe.png": "not a regular file",
+        "cat/sub/loop": "a link to a directory already listed"}
     assert len(listed.items) == len(ImageFolder(str(root), allow_empty=True, is_valid_file=lambda p: (
         p.lower().endswith(IMG_EXTENSIONS) and "loop" not in p and os.path.isfile(p))).samples)
 
@@ -96,12 +97,12 @@ def test_detect_kind(tmp_path, image_tree, jsonl_file):
 @pytest.mark.parametrize("line, fmt, tokens, label", [
     (b'{"tokens": [1, 2, 3], "label": 4}\n', "jsonl", [1, 2, 3], 4),
     (b'{"tokens": [0], "label": null}', "jsonl", [0], None),
-    (b'{"tokens": [18446744073709551615]}\r\n', "jsonl", [2**64 - 1], None),
+    (b'{"tokens": [9223372036854775807]}\r\n', "jsonl", [2**63 - 1], None),
     (b'{"tokens": [5], "label": -7, "extra": "ignored"}', "jsonl", [5], -7),
     (b'\xef\xbb\xbf{"tokens": [9]}', "jsonl", [9], None),
     (b"1 2   3\t4\n", "txt", [1, 2, 3, 4], None),
-    (b"  007 18446744073709551615 \r\n", "txt", [7, 2**64 - 1], None),
-    (b"0" * 30 + b"18446744073709551615 " + b"0" * 5000, "txt", [2**64 - 1, 0], None),
+    (b"  007 9223372036854775807 \r\n", "txt", [7, 2**63 - 1], None),
+    (b"0" * 30 + b"9223372036854775807 " + b"0" * 5000, "txt", [2**63 - 1, 0], None),
 ])
 def test_parse_line_valid(line, fmt, tokens, label):
     array, got_label = parse_line(line, fmt)
@@ -124,7 +125,9 @@ def test_parse_line_valid(line, fmt, tokens, label):
     (b'{"tokens": [1, "2"]}', "jsonl", "non-integer (string"),
     (b'{"tokens": [1, [2]]}', "jsonl", "non-integer (list"),
     (b'{"tokens": [1, -3]}', "jsonl", "negative token id -3"),
-    (b'{"tokens": [18446744073709551616]}', "jsonl", "exceeds 2**64-1"),
+    (b'{"tokens": [9223372036854775808]}', "jsonl", "exceeds 2**63-1"),
+    (b'{"tokens": [18446744073709551615]}', "jsonl", "exceeds 2**63-1"),
+    (b'{"tokens": [18446744073709551616]}', "jsonl", "exceeds 2**63-1"),
     (b'{"tokens": [1], "label": "cat"}', "jsonl", "'label' is a string"),
     (b'{"tokens": [1], "label": 1.0}', "jsonl", "'label' is a float"),
     (b'{"tokens": [1], "label": true}', "jsonl", "'label' is a bool"),
@@ -134,8 +137,9 @@ def test_parse_line_valid(line, fmt, tokens, label):
     (b"1 2.5", "txt", "not a non-negative integer"),
     (b"1 +2", "txt", "not a non-negative integer"),
     (b"1 x", "txt", "not a non-negative integer"),
-    (b"18446744073709551616", "txt", "exceeds 2**64-1"),
-    (b"1" * 30, "txt", "exceeds 2**64-1"),
+    (b"9223372036854775808", "txt", "exceeds 2**63-1"),
+    (b"18446744073709551615", "txt", "exceeds 2**63-1"),
+    (b"1" * 30, "txt", "exceeds 2**63-1"),
     (b"   \n", "txt", "empty line"),
 ])
 def test_parse_line_invalid(line, fmt, reason):

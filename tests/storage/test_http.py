@@ -1,5 +1,6 @@
 """Reading over HTTP from a real server on 127.0.0.1 that drops connections, answers 503 and stalls."""
 
+import dataclasses
 import logging
 import time
 
@@ -101,9 +102,25 @@ def test_a_server_that_never_recovers_gives_a_clear_error_not_a_hang(http, objec
     assert time.monotonic() - started < fast_retry.deadline + 2 * fast_retry.timeout + 2
 
 
-def test_default_policy_gives_up_within_two_minutes():
-    policy = storage.RetryPolicy()
-    assert policy.timeout <= policy.deadline and policy.deadline + 1 < 120  # a try never outlives the deadline
+@pytest.mark.parametrize("faults", [{"latency": 60.0}, {"fail_always": True}], ids=["stalled", "503-forever"])
+def test_default_policy_gives_up_within_two_minutes(http, objects, faults):
+    """The default policy, every duration scaled down 50 times, against a real server that never
+    recovers: the time it takes to give up stays within the bound ``give_up_within`` computes
+    from the same schedule the retry loop uses, and that bound, unscaled, is under two minutes."""
+    default = storage.RetryPolicy()
+    assert default.give_up_within() < 120
+    scale = 50
+    policy = dataclasses.replace(default, base_delay=default.base_delay / scale, max_delay=default.max_delay / scale,
+                                 deadline=default.deadline / scale, timeout=default.timeout / scale)
+    server, url = http(**faults)
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="giving up"):
+        storage.read_bytes(f"{url}/big.bin", retry=policy)
+    took = time.monotonic() - started
+    # the bound plus what is not scaled: a second at most of the machine's own delays
+    assert took <= policy.give_up_within() + 1.0, (took, policy.give_up_within())
+    if "latency" in faults:  # a stalled server uses the time up: the bound is not loose either
+        assert took >= policy.deadline - policy.timeout
 
 
 def test_credentials_never_appear_in_errors_or_logs(http, objects, fast_retry, caplog):

@@ -9,7 +9,8 @@ from torchcodec.decoders import decode_jpeg
 
 from shardkit.stream.dataset import StreamingDataset
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                reason="needs a CUDA device"))]
 
 
 @pytest.mark.parametrize("device", DEVICES)
