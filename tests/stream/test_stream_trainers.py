@@ -1,6 +1,6 @@
 """shardkit as trainers' users run it: a torchrun (gloo) script that saves on rank 0 and resumes
 on 1 and on 3 processes; PyTorch Lightning's ddp on CPU; Hugging Face Accelerate; torchdata's
-StatefulDataLoader. Samples are sequences whose first token is their id (``seq_root``: 103 of
+StatefulDataLoader; and the README's "From ImageFolder + DataLoader" diff and example. Samples are sequences whose first token is their id (``seq_root``: 103 of
 them), so every check is by sample identity: each sample once per epoch across the ranks, plus
 exactly the padding DistributedSampler's rule adds (a rank count rounded up to a multiple of the
 world size, by repeating the start of the sequence, which rank 0 holds, at the last rank's end).
@@ -11,8 +11,10 @@ their own process group, killed with it on a timeout.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,13 +36,13 @@ pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWa
 
 # -- running the trainers ---------------------------------------------------------------------
 
-def run_command(args: list[str], timeout: float) -> str:
+def run_command(args: list[str], timeout: float, cwd: Path | None = None) -> str:
     """Run ``args`` in a new process group with this checkout's shardkit; its output. Every
     process of the group is killed when it ends (or times out), so none outlives the test."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
            "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, cwd=cwd)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -60,9 +62,10 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def torchrun(nproc: int, script: str, *args, timeout: float = 90) -> str:
+def torchrun(nproc: int, script: str | Path, *args, timeout: float = 90, cwd: Path | None = None) -> str:
+    """``torchrun --standalone --nproc_per_node=nproc script args`` (a name in ``trainers/``, or a path)."""
     return run_command([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                        str(SCRIPTS / script), *map(str, args)], timeout)
+                        str(SCRIPTS / script), *map(str, args)], timeout, cwd)
 
 
 def read_ranks(out: Path) -> list[dict]:
@@ -203,12 +206,15 @@ def accelerate_run(seq_root, tmp_path_factory) -> Path:
 
 def test_accelerate_prepare_rebuilds_the_loader_and_fails(accelerate_run):
     """Accelerate's prepare() makes a new DataLoader over the loader's dataset with a sharding
-    sampler of its own: shardkit's sampler is dropped and the result cannot be iterated."""
+    sampler of its own: shardkit's sampler is dropped and the result cannot be iterated, with
+    the DataLoaderConfiguration settings that change the sharding too."""
     for d in read_ranks(accelerate_run):
         prepared = d["prepared"]
         assert not prepared["is_shardkit_loader"] and prepared["type"] == "DataLoaderShard"
-        assert prepared["sampler"] != "_Units" and "first_batch" not in prepared
-        assert prepared["error"].startswith("TypeError")
+        assert prepared["sampler"] != "_Units"
+        assert prepared["outcome"] == "TypeError: 'NoneType' object is not iterable"
+        assert sorted(d["variants"]) == ["even_batches=False", "split_batches=True", "use_stateful_dataloader=True"]
+        assert all(outcome != "batch" for outcome in d["variants"].values()), d["variants"]
 
 
 def test_accelerate_without_preparing_the_loader_sees_every_sample_once(accelerate_run):
@@ -275,11 +281,37 @@ def test_stateful_dataloader_resumes_exactly(seq_root, tmp_path, workers, persis
     assert taken + rest == reference
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_stateful_dataloader_persistent_or_main_process_epochs_advance_without_set_epoch(seq_root, workers):
-    reference, _ = stateful_run(seq_root, workers, workers > 0)
-    alone, _ = stateful_run(seq_root, workers, workers > 0, set_epoch=False)
-    assert alone == reference
+@pytest.mark.parametrize("workers, persistent", [(0, False), (2, True), (2, False)],
+                         ids=["main-process", "persistent-workers", "workers"])
+def test_stateful_dataloader_epochs_without_set_epoch(seq_root, workers, persistent):
+    """The epoch advances by itself in the main process and in persistent workers; fresh workers
+    get the main process's copy, so, as with a plain DataLoader, they need set_epoch."""
+    reference, _ = stateful_run(seq_root, workers, persistent)
+    alone, _ = stateful_run(seq_root, workers, persistent, set_epoch=False)
+    if workers == 0 or persistent:
+        assert alone == reference
+    else:
+        assert alone[:26] == reference[:26] and alone[26:52] == alone[:26] != reference[26:52]
+
+
+def test_stateful_dataloader_worker_states_restore_on_their_own_layout_only(seq_root):
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    def make(world):
+        return StatefulDataLoader(StreamingDataset(seq_root, rank=0, world_size=world), batch_size=4, num_workers=1,
+                                  collate_fn=pad_collate)
+    loader = make(2)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    del it
+    other = make(1)
+    other.load_state_dict(state)
+    failing = iter(other)
+    with pytest.raises(ValueError, match="restores only on that layout.*make_loader") as raised:
+        next(failing)
+    del raised, failing  # shut its worker down now, not in a later test's garbage collection
+    gc.collect()
 
 
 def test_stateful_dataloader_main_process_after_a_full_last_batch(seq_root):
@@ -292,3 +324,58 @@ def test_stateful_dataloader_main_process_after_a_full_last_batch(seq_root):
     rest, _ = stateful_run(seq_root, 0, False, epoch_size=100, state=state, epochs=2, set_epoch=False)
     assert len(reference) == 50 and taken + rest[:25] == reference
     assert len(rest) == 50, "the epoch loop's first resumed 'epoch' should be the next epoch"
+
+
+# -- 5. the README's "From ImageFolder + DataLoader" section runs ---------------------------------
+
+def readme_section() -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index("## From ImageFolder + DataLoader")
+    return text[start:text.index("\n## ", start)]
+
+
+def apply_diff(source: str, diff: str) -> str:
+    """``source`` with each hunk of the unified ``diff`` applied (its old side must occur once)."""
+    for hunk in re.split(r"^@@.*\n", diff, flags=re.M)[1:]:
+        lines = hunk.rstrip("\n").split("\n")
+        old = "\n".join(line[1:] for line in lines if line[:1] != "+")
+        new = "\n".join(line[1:] for line in lines if line[:1] != "-")
+        assert source.count(old) == 1, f"the README's hunk does not apply once:\n{old}"
+        source = source.replace(old, new)
+    return source
+
+
+def test_readme_imagenet_diff_and_validation_example_run(image_root, tmp_path):
+    """The README's diff, applied to a script shaped like imagenet/main.py (trainers/imagenet_shaped.py),
+    trains on 2 gloo ranks, saves and resumes; its validation example counts every sample once."""
+    section = readme_section()
+    [diff] = re.findall(r"```diff\n(.*?)```", section, re.S)
+    [snippet] = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert sum(line.startswith("+") for line in diff.splitlines()) <= 10
+    script = tmp_path / "main.py"
+    script.write_text(apply_diff((SCRIPTS / "imagenet_shaped.py").read_text(), diff))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train").symlink_to(image_root)  # shards (30 images, 3 classes)
+    (data / "val").symlink_to(image_root.parent / "src")  # the ImageFolder tree the unchanged val loader reads
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "val").symlink_to(image_root)  # the example's "shards/val"
+    (tmp_path / "snippet.py").write_text("import torch\nimport shardkit\n" + snippet)
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+
+    torchrun(2, script, data, first, "--epochs", 1, cwd=tmp_path)
+    for d in map(json.loads, (p.read_text() for p in sorted(first.glob("rank*.json")))):
+        epoch = d["epochs"]["0"]
+        assert epoch["count"] == 15 and epoch["val"] == 30  # 30 images, 2 ranks
+        assert epoch["dtypes"] == ["torch.float32"] and epoch["shapes"] == [[3, 224, 224]]
+        assert abs(epoch["mean"]) < 3, "batches not normalised (uint8 scale?)"
+    checkpoint = torch.load(first / "checkpoint.pth.tar", weights_only=True)
+    assert checkpoint["epoch"] == 1 and checkpoint["loader"]["epoch"] == 1
+
+    torchrun(2, script, data, second, "--epochs", 2, "--resume", first / "checkpoint.pth.tar",
+             "--snippet", tmp_path / "snippet.py", cwd=tmp_path)
+    for d in map(json.loads, (p.read_text() for p in sorted(second.glob("rank*.json")))):
+        assert list(d["epochs"]) == ["1"] and d["epochs"]["1"]["count"] == 15
+        correct, total = d["totals"]
+        assert total == 30 and 0 <= correct <= 30 and d["top1"] == pytest.approx(correct / total)

@@ -7,7 +7,8 @@ The documented way: ``accelerator.prepare(model, optimizer)`` without the loader
 shards across the ranks itself, from the process group Accelerator initialised), and
 ``accelerator.register_for_checkpointing(loader)`` so that ``save_state`` / ``load_state``
 carry the loader's position. ``--try-prepare-loader`` first passes the loader to ``prepare()``
-too, as Accelerate's examples do, and records what happens when the result is iterated. With
+too, as Accelerate's examples do (and to ``prepare_data_loader`` with the settings that change its
+sharding), and records what happens when the result is iterated. With
 ``--stop K`` it saves ``save_state(OUT/state)`` after K steps and stops; with ``--resume`` it
 loads that state and trains to the end. Each rank writes ``OUT/rank{r}.json``.
 """
@@ -23,8 +24,18 @@ import torch
 from torch import nn
 
 from accelerate import Accelerator
+from accelerate.data_loader import prepare_data_loader
 
 from shardkit import StreamingDataset, make_loader
+
+
+def first_batch(loader) -> str:
+    """What iterating ``loader`` gives: ``"batch"``, or the error it raises."""
+    try:
+        next(iter(loader))
+    except Exception as err:  # noqa: BLE001 - what the user would see is the point
+        return f"{type(err).__name__}: {err}"
+    return "batch"
 
 
 def main() -> None:
@@ -48,13 +59,21 @@ def main() -> None:
                  "dataset_world": dataset.world_size}
 
     if args.try_prepare_loader:  # the default way: Accelerate rebuilds the DataLoader with its own sharding
-        _, _, prepared = accelerator.prepare(nn.Linear(1, 1), torch.optim.SGD([nn.Parameter(torch.ones(1))]), loader)
+        prepared = accelerator.prepare(loader)
         doc["prepared"] = {"type": type(prepared).__name__, "sampler": type(prepared.sampler).__name__,
-                           "is_shardkit_loader": prepared is loader}
-        try:
-            doc["prepared"]["first_batch"] = next(iter(prepared))[0][:, 0].tolist()
-        except Exception as err:  # noqa: BLE001 - what the user would see is the point
-            doc["prepared"]["error"] = f"{type(err).__name__}: {err}"
+                           "is_shardkit_loader": prepared is loader, "outcome": first_batch(prepared)}
+        # and with the settings of DataLoaderConfiguration that change how it shards (dispatch_batches
+        # is left out: its rank 0 fails in the middle of a broadcast the other ranks then wait on)
+        doc["variants"] = {}
+        for name, setting in {"even_batches=False": {"even_batches": False}, "split_batches=True": {"split_batches": True},
+                              "use_stateful_dataloader=True": {"use_stateful_dataloader": True}}.items():
+            try:
+                variant = prepare_data_loader(loader, accelerator.device, num_processes=accelerator.num_processes,
+                                              process_index=accelerator.process_index, **setting)
+            except Exception as err:  # noqa: BLE001 - what the user would see is the point
+                doc["variants"][name] = f"{type(err).__name__}: {err}"
+            else:
+                doc["variants"][name] = first_batch(variant)
 
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(loader)
