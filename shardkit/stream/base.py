@@ -100,7 +100,12 @@ class Stream(IterableDataset):
         is iterated directly (or by torchdata's ``StatefulDataLoader``, in each worker). With
         ``make_loader``, save the loader's ``state_dict``: it is the same on every rank."""
         run = self._run
-        state = run.state() if run is not None and not run.finished else self._state
+        # Past its last sample, a dataset iterated by itself says "the next epoch", but a DataLoader
+        # worker's state stays at the end of its part: StatefulDataLoader restores every worker to
+        # finish the epoch under way (so a finished one must yield nothing), and the next epoch is
+        # its next iter().
+        finished = run is not None and run.finished and run.worker is None
+        state = run.state() if run is not None and not finished else self._state
         return state.to_dict(self.identity)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -169,14 +174,22 @@ class Stream(IterableDataset):
         return self._stream
 
     def __iter__(self) -> Iterator[Any]:
-        # Read and advance the state now, not at the first next(): a DataLoader worker calls
-        # iter() once per epoch, and the main process counts on that.
+        if not in_worker():
+            return self._begin_and_iterate()
+        # In a worker, read and advance the state now, not at the first next(): a DataLoader
+        # worker calls iter() once per epoch, and the main process counts on that.
         worker, workers = current_worker()
         try:
-            run = self.begin(self.layout(workers), worker if in_worker() else None)
+            run = self.begin(self.layout(workers), worker)
         except ValueError as err:
             return _fail(err)
         return self._iterate(run, worker)
+
+    def _begin_and_iterate(self) -> Iterator[Any]:
+        # In the main process the epoch begins at the first next(): StatefulDataLoader
+        # (num_workers=0) restores a state saved after an epoch by making an iterator it drops
+        # unread, which must not use up the next epoch.
+        yield from self._iterate(self.begin(self.layout()), 0)
 
     def _iterate(self, run: "Run", worker: int) -> Iterator[Any]:
         segments = run.plan.workers[self.rank][worker]

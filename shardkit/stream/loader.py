@@ -190,6 +190,8 @@ class StreamingLoader(DataLoader):
 
     # -- iteration ---------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
+        # The epoch begins at the first next(), not at iter(): Lightning calls the sampler's
+        # set_epoch between the two (as DataLoader reads a DistributedSampler's order lazily)
         self.run = self._units.run = run = self.stream.begin(self.plan_layout)
         if self._batcher is not None and run.start.consumed:
             raise ValueError("a bucketing loader resumes on the layout it was saved on (same world size, "
@@ -197,7 +199,7 @@ class StreamingLoader(DataLoader):
         self._init.epoch = run.epoch  # for workers started by this iteration
         errors = self.stream.errors
         errors.clear()
-        return self._batches(super().__iter__(), run, errors)
+        yield from self._batches(super().__iter__(), run, errors)
 
     def _batches(self, inner: Iterator[Fetched], run, errors: list) -> Iterator[Any]:
         # batches of the first unit that a restored state had handed out already
