@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -304,6 +305,9 @@ def _manifest(plan: Plan, records: list[ShardRecord]) -> Manifest:
         return Manifest(kind="images", schema=Schema.images(), shards=shards, params=plan.options.as_params(),
                         skipped=sorted(skipped, key=skip_sort_key), classes=list(plan.images.classes))
     table = plan.sequences
+    ordered = table.ntokens[plan.order]
+    shards = [dataclasses.replace(s, tokens=int(ordered[plan.shard_starts[i]:plan.shard_starts[i + 1]].sum()))
+              for i, s in enumerate(shards)]
     manifest = Manifest(kind="sequences", schema=Schema.sequences(table.dtype.name), shards=shards,
                         params=plan.options.as_params(), skipped=sorted(skipped, key=skip_sort_key))
     lengths = table.ntokens

@@ -53,7 +53,8 @@ def shard_index(name: str) -> int | None:
 @dataclass(frozen=True)
 class ShardInfo:
     """One shard as the manifest records it. ``stamp``: what its tar headers carry (None in
-    version 1). ``index``: ``{"bytes", "sha256"}`` of its index sidecar, when it has one."""
+    version 1). ``index``: ``{"name", "bytes", "sha256"}`` of its index sidecar, when it has one.
+    ``tokens``: the tokens its sequences hold (token datasets written by this version)."""
 
     name: str
     samples: int
@@ -61,6 +62,7 @@ class ShardInfo:
     sha256: str
     stamp: str | None = None
     index: dict[str, Any] | None = None
+    tokens: int | None = None
 
     @property
     def index_name(self) -> str | None:
@@ -219,11 +221,11 @@ def _shard_info(entry: Any, i: int, where: str) -> ShardInfo:
     if missing:
         raise ManifestError(f"{where}: shard entry {i} lacks {', '.join(missing)}")
     info = ShardInfo(name=entry["name"], samples=entry["samples"], bytes=entry["bytes"], sha256=entry["sha256"],
-                     stamp=entry.get("stamp"), index=entry.get("index"))
+                     stamp=entry.get("stamp"), index=entry.get("index"), tokens=entry.get("tokens"))
     if not (isinstance(info.name, str) and _SHARD_NAME.match(info.name)):
         raise ManifestError(f"{where}: shard entry {i} has an unsafe or unexpected name {info.name!r:.80} "
                             f"(expected shard-NNNNNN.tar)")
-    for key in ("samples", "bytes"):
+    for key in ("samples", "bytes") + (("tokens",) if info.tokens is not None else ()):
         if not _is_count(getattr(info, key)):
             raise ManifestError(f"{where}: shard {info.name} has invalid {key} {getattr(info, key)!r:.80}")
     if not (isinstance(info.sha256, str) and re.fullmatch(r"[0-9a-f]{64}", info.sha256)):
