@@ -247,7 +247,9 @@ class ShardReader:
 
     def _open(self, shard: int, start: int) -> _Cursor:
         ref = self.source.shards[shard]
-        index = self._index(shard)
+        # the index is fetched only to seek: a read from the shard's start needs none (a remote
+        # sidecar would cost a round trip before the first byte of every shard)
+        index = self._index(shard) if start > 0 else self._indexes.get(shard)
         offset, first = 0, 0
         # with verify, a shard is read (and hashed) whole, from its start, once per process
         if index is not None and not (self.opts.verify and ref.sha256 and shard not in self._verified):
