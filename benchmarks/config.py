@@ -35,6 +35,7 @@ class Config:
     tabular_rounds: int = 1          # a full pass is 15,625 batches (about a minute for LitData on 2 cores)
     block_sizes: tuple[int, ...] = (2048, 512)  # token packing: tokens per block
     random_reads_remote: int = 200   # random reads per pass over HTTP (each costs the baseline one latency)
+    large_images: int = 600          # 1200-1600 px photos (crop-aware decoding)
 
     @property
     def cores(self) -> int:
@@ -52,12 +53,13 @@ def make_config(mode: str) -> Config:
                       shards=4, remote_images=16, remote_latency=0.005, sweep_workers=(0, 1),
                       sweep_rounds=1, memory_epochs=3, conversion_rounds=1, side_venvs=False, tree_files=200,
                       first_epoch_images=32, first_epoch_per_shard=8, tabular_rows=4000,
-                      random_reads_remote=16)
+                      random_reads_remote=16, large_images=16)
     if mode == "quick":
         return Config(mode, images=384, classes=10, sequences=10_000, rounds=1, batch_size=64,
                       num_workers=cores, shards=4 * cores, remote_images=192, remote_latency=0.02,
                       sweep_workers=(1, cores, 2 * cores), sweep_rounds=1, memory_epochs=5, conversion_rounds=1,
-                      tree_files=5000, first_epoch_images=300, tabular_rows=100_000, random_reads_remote=96)
+                      tree_files=5000, first_epoch_images=300, tabular_rows=100_000, random_reads_remote=96,
+                      large_images=192)
     if mode == "full":
         return Config(mode, images=2000, classes=10, sequences=50_000, rounds=3, batch_size=64,
                       num_workers=cores, shards=8 * cores, remote_images=2000, remote_latency=0.02,

@@ -30,8 +30,8 @@ if __package__ in (None, ""):  # run as a script
 
 from benchmarks import machine, report, targets  # noqa: E402
 from benchmarks.config import make_config  # noqa: E402
-from benchmarks.scenarios import (conversion, images, random_access, remote, sequences, tabular,  # noqa: E402
-                                  writing)
+from benchmarks.scenarios import (conversion, images, large, random_access, remote, sequences,  # noqa: E402
+                                  tabular, writing)
 from benchmarks.workspace import Workspace  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -41,6 +41,7 @@ log = logging.getLogger("benchmarks")
 SCENARIOS = {
     "images_warm": images.warm,
     "images_cold": images.cold,
+    "images_large": large.large,
     "read_bandwidth": images.bandwidth,
     "images_remote": remote.remote,
     "images_remote_first_epoch": remote.first_epoch,

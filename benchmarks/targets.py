@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .scenarios import conversion, images, remote, row, sequences
+from .scenarios import conversion, images, large, remote, row, sequences
 
 
 def _ratio(section_id: str, contender: str, reference: str | None = None) -> Callable[[dict], float | None]:
@@ -54,6 +54,24 @@ def check(sections: dict[str, dict[str, Any]], cores: int) -> list[dict[str, Any
         (f"issue 5: convert ({cores} workers, header only) time vs tar cf time", "×", "<=", 3.0, _tar(cores)),
         ("issue 14: the same on the tree of many small files (20,000 in a full run)", "×", "<=", 3.0,
          _tar(cores, "conversion_many_files")),
+        ("issue 14: recommended pipeline vs the torchcodec decode + crop limit, warm", "×", ">=", 0.85,
+         _ratio("images_warm", images.RECOMMENDED, images.LIMIT_UINT8)),
+        ("issue 14: recommended pipeline vs the map-style baseline, warm", "×", ">=", 2.0,
+         _ratio("images_warm", images.RECOMMENDED)),
+        ("issue 14: crop-aware decoding vs the recommended pipeline, 300-500 px (no slower)", "×", ">=", 0.97,
+         _ratio("images_warm", images.CROP_AWARE, images.RECOMMENDED)),
+        ("issue 14: crop-aware loader on 1200-1600 px photos vs the full decode + crop limit", "×", ">=", 1.5,
+         _ratio("images_large", images.CROP_AWARE, images.LIMIT_UINT8)),
+        ("issue 14: shardkit sequences vs litdata", "×", ">=", 3.0,
+         _ratio("sequences", sequences.SHARDKIT, sequences.LITDATA)),
+        ("issue 14: shardkit sequences vs webdataset one-sample-per-key", "×", ">=", 100.0,
+         _ratio("sequences", sequences.SHARDKIT, sequences.WEBDATASET)),
+        ("issue 14: first epoch over HTTP, small shards, vs the baseline's GET per file", "×", ">=", 10.0,
+         _ratio("images_remote_first_epoch", remote.FIRST_STREAM)),
+        ("issue 14: steady epochs over HTTP vs the same shards on local disk", "×", ">=", 0.95,
+         _ratio("images_remote", remote.STREAM, remote.LOCAL)),
+        (f"issue 14: convert ({cores} workers, full validation) vs all-core PIL decode rate", "×", ">=", 0.9,
+         _ratio("conversion", conversion.shardkit_name(cores, "full"))),
         ("issue 7: RSS growth over the epochs, relative to the first epoch", "", "<=", 0.05, _memory_growth),
     ]
     results = []

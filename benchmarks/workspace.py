@@ -93,6 +93,17 @@ class Workspace:
         return self.mosaic.write_sequences(self.src.jsonl, self.work / "mds-sequences")
 
     @cached_property
+    def large_photos(self) -> tuple[Path, list[Path]]:
+        """The tree of camera-sized photos: (root, files)."""
+        return data.large_photos(self.scratch, self.cfg.large_images, self.cfg.classes, self.cfg.seed)
+
+    @cached_property
+    def shardkit_large(self) -> Path:
+        root, files = self.large_photos
+        per_shard = math.ceil(len(files) / self.cfg.shards)
+        return shardkit_peer.convert_images(root, self.work / "shardkit-large", per_shard)
+
+    @cached_property
     def small_tree(self) -> tuple[Path, list[Path]]:
         """The many-small-files ImageFolder tree: (root, files)."""
         return data.small_tree(self.scratch, self.cfg.tree_files, self.cfg.classes, self.cfg.seed)

@@ -1,5 +1,5 @@
 """The physical limits beside the loaders: decode + augment of in-memory bytes on every core with
-no loader at all, the all-core PIL decode rate of the files (the work a validating converter
+no loader at all (full decode + crop, or the crop fused into decoding), the all-core PIL decode rate of the files (the work a validating converter
 cannot skip), and the raw sequential read bandwidth of the shards."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..transforms import pil_train, uint8_train
+from ..transforms import SIZE, pil_train, uint8_train
 
 _BLOBS: list[bytes] = []  # set before the pool forks, so workers inherit it without any IPC
 
@@ -34,6 +34,18 @@ def _torchcodec_augment(span: tuple[int, int]) -> int:
     return span[1] - span[0]
 
 
+def _crop_decode_augment(span: tuple[int, int]) -> int:
+    from torchvision.transforms import v2
+
+    from shardkit import RandomResizedCropDecode
+
+    torch.set_num_threads(1)
+    decode, flip = RandomResizedCropDecode(SIZE), v2.RandomHorizontalFlip()
+    for data in _BLOBS[span[0]:span[1]]:
+        flip(decode(data))
+    return span[1] - span[0]
+
+
 def _pil_decode_files(paths: list[str]) -> int:
     for path in paths:
         with Image.open(path) as image:
@@ -41,7 +53,7 @@ def _pil_decode_files(paths: list[str]) -> int:
     return len(paths)
 
 
-KERNELS = {"pil": _pil_augment, "torchcodec": _torchcodec_augment}
+KERNELS = {"pil": _pil_augment, "torchcodec": _torchcodec_augment, "crop_decode": _crop_decode_augment}
 
 
 def augment_in_memory(blobs: list[bytes], kernel: str, processes: int, chunk: int = 32):

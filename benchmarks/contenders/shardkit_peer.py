@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import torch
+from torchvision.transforms import v2
 
 import shardkit
 
-from ..transforms import MEAN, STD, PILFromBytes, uint8_train
+from ..transforms import MEAN, SIZE, STD, PILFromBytes, uint8_train
 
 
 def _cli(*args: str) -> None:
@@ -60,8 +61,28 @@ def recommended_loader(source: str | Path, batch_size: int, num_workers: int, *,
     float conversion and normalisation in ``DeviceLoader``."""
     dataset = shardkit.StreamingDataset(str(source), shuffle=True, seed=seed, transform=uint8_train(),
                                         **dataset_options)
-    loader = shardkit.make_loader(dataset, batch_size, num_workers=num_workers)
+    return _on_device(shardkit.make_loader(dataset, batch_size, num_workers=num_workers), device)
+
+
+def _on_device(loader, device) -> shardkit.DeviceLoader:
     return shardkit.DeviceLoader(loader, device, mean=MEAN, std=STD, channels_last=str(device).startswith("cuda"))
+
+
+def crop_aware_loader(source: str | Path, batch_size: int, num_workers: int, *, device="cpu", seed: int = 0):
+    """The recommended pipeline with the crop fused into decoding: ``RandomResizedCropDecode(224)``
+    (the same crop distribution as ``uint8_train``'s), then the flip, in the workers."""
+    dataset = shardkit.StreamingDataset(str(source), shuffle=True, seed=seed,
+                                        decode=shardkit.RandomResizedCropDecode(SIZE),
+                                        transform=v2.RandomHorizontalFlip())
+    return _on_device(shardkit.make_loader(dataset, batch_size, num_workers=num_workers), device)
+
+
+def gpu_decode_loader(source: str | Path, batch_size: int, num_workers: int, *, device="cpu", seed: int = 0):
+    """The CPU-starved switch: workers read headers and draw crops and flips; ``DeviceLoader``
+    decodes each batch on ``device`` (nvJPEG on CUDA), crops, resizes and normalises it."""
+    dataset = shardkit.StreamingDataset(str(source), shuffle=True, seed=seed,
+                                        decode=shardkit.RandomResizedCropDecode(SIZE).deferred(hflip=0.5))
+    return _on_device(shardkit.make_loader(dataset, batch_size, num_workers=num_workers), device)
 
 
 def sequences(source: str | Path):

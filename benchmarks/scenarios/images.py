@@ -19,6 +19,8 @@ BASELINE = "map-style baseline: ImageFolder + PIL (the tutorial)"
 WEBDATASET = "webdataset on shardkit's shards, PIL transforms"
 SHARDKIT_PIL = "shardkit, PIL transforms (the format alone)"
 RECOMMENDED = "shardkit recommended: torchcodec + uint8 v2, normalise in DeviceLoader"
+CROP_AWARE = "shardkit crop-aware: RandomResizedCropDecode + flip, normalise in DeviceLoader"
+GPU_DECODE = "shardkit GPU decode: crops drawn in workers, DeviceLoader decodes each batch (nvJPEG)"
 LITDATA_PIL = "litdata, raw bytes, PIL transforms"
 LITDATA_UINT8 = "litdata, torchcodec + uint8 v2, normalise in main"
 LIMIT_PIL = "limit: PIL decode + augment of in-memory bytes, all cores"
@@ -66,7 +68,13 @@ def image_loaders(ws: Workspace, *, num_workers: int | None = None, device: str 
                     lambda: ws.shardkit_image_shards),
         ImageLoader(RECOMMENDED, lambda: shardkit_peer.recommended_loader(ws.shardkit_images, b, w, device=device),
                     lambda: ws.shardkit_image_shards),
+        ImageLoader(CROP_AWARE, lambda: shardkit_peer.crop_aware_loader(ws.shardkit_images, b, w, device=device),
+                    lambda: ws.shardkit_image_shards),
     ]
+    if device != "cpu":  # on a CPU the main process would decode every batch alone: not the point
+        loaders.append(ImageLoader(GPU_DECODE, lambda: shardkit_peer.gpu_decode_loader(ws.shardkit_images, b, w,
+                                                                                        device=device),
+                                   lambda: ws.shardkit_image_shards))
     skipped = []
     why = litdata_peer.available()
     if why and all_peers:

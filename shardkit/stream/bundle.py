@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .shared import cat
+
 
 class Bundle(NamedTuple):
     """``buffers[dtype name]``: the flat tensor; ``layout``: the batches' structure, tensors
@@ -49,7 +51,7 @@ def bundle(batches: list[Any]) -> Bundle:
         return value
 
     layout = [walk(b) for b in batches]
-    return Bundle({name: torch.cat(ts) for name, ts in parts.items()}, layout)
+    return Bundle({name: cat(ts) for name, ts in parts.items()}, layout)
 
 
 def unbundle(packed: Bundle) -> list[Any]:

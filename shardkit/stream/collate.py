@@ -18,6 +18,7 @@ from torch.utils.data import default_collate
 
 from ..format.fields import codec_of
 from .batch_decode import EncodedCrop, collate_crops
+from .shared import stack
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def image_collate(batch: Sequence[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
             raise ValueError(f"images in a batch differ in size ({tuple(shape)} and {tuple(odd)}): give "
                              f"StreamingDataset a transform that crops or resizes them to one size, e.g. "
                              f"torchvision.transforms.v2.RandomResizedCrop(224)")
-        images = default_collate(images)
+        images = stack(images)
     else:
         images = list(images)
     return images, torch.tensor(labels, dtype=torch.int64)
@@ -50,7 +51,7 @@ def image_collate(batch: Sequence[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
 def row_collate(batch: Sequence[tuple[Any, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """``[(features, label), ...]`` → ``(features B×F, labels int64 B)`` (tabular rows)."""
     features, labels = zip(*batch)
-    return default_collate(list(features)), torch.tensor(labels, dtype=torch.int64)
+    return stack(list(features)), torch.tensor(labels, dtype=torch.int64)
 
 
 def dict_collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -78,7 +79,7 @@ def _collate_field(name: str, values: list) -> Any:
         return collate_crops(values)
     if isinstance(first, torch.Tensor) and all(isinstance(v, torch.Tensor) for v in values):
         if all(v.shape == first.shape and v.dtype == first.dtype for v in values):
-            return default_collate(values)
+            return stack(values)
         if codec_of(name).image:
             odd = next(v.shape for v in values if v.shape != first.shape)
             raise ValueError(f"images of field {name!r} in a batch differ in size ({tuple(first.shape)} and "

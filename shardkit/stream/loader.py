@@ -28,6 +28,7 @@ from .collate import BucketBatchSampler
 from .base import Stream, seed_globals
 from .dataset import StreamingDataset
 from .plan import Layout, Segment, batch_order, samples_per_rank, take, worker_ranges
+from .shared import SharedBatches
 from .state import derive_seed
 
 log = logging.getLogger(__name__)
@@ -104,11 +105,32 @@ class Unit(NamedTuple):
 
 
 class Fetched(NamedTuple):
-    """What a worker sends back for a unit: its batches (bundled when small) and new damage records."""
+    """What a worker sends back for a unit: its batches (bundled when small), new damage records,
+    and the shared-memory segments its large tensors were written into (``shared.Lease``);
+    ``pinned``: copied into pinned memory (by DataLoader's pin thread), the segments no longer read."""
 
     batches: Any
     errors: list
     bundled: bool
+    leases: tuple = ()
+    pinned: bool = False
+
+    def pin_memory(self) -> Fetched:
+        """DataLoader's ``pin_memory=True`` calls this (its protocol for custom batch types)."""
+        return self._replace(batches=_pinned(self.batches), pinned=True)
+
+
+def _pinned(value: Any) -> Any:
+    """``value`` with every tensor in tuples, named tuples, lists and dicts copied to pinned memory."""
+    if isinstance(value, torch.Tensor):
+        return value.pin_memory()
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_pinned(v) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_pinned(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _pinned(v) for k, v in value.items()}
+    return value
 
 
 class StreamingLoader(DataLoader):
@@ -151,8 +173,9 @@ class StreamingLoader(DataLoader):
             unit = max(1, UNIT_SAMPLES // batch_size) if dataset.schema.blocks is not None else 1
             self.plan_layout = dataset.layout(workers, batch_size, drop_last=drop_last, unit=unit)
         self._init = _WorkerInit(dataset, worker_init_fn)
+        self._shared = SharedBatches(workers) if workers > 0 else None
         fetcher = _Fetcher(dataset, collate_fn or dataset.view.collate, batcher,
-                           bundle_small=batcher is None and self.plan_layout.unit > 1)
+                           bundle_small=batcher is None and self.plan_layout.unit > 1, shared=self._shared)
         self._units = _Units(dataset, self.plan_layout)
         kwargs: dict[str, Any] = dict(
             num_workers=workers, batch_size=None, sampler=self._units, collate_fn=_identity,
@@ -199,6 +222,8 @@ class StreamingLoader(DataLoader):
         self._init.epoch = run.epoch  # for workers started by this iteration
         errors = self.stream.errors
         errors.clear()
+        if self._shared is not None:
+            self._shared.sweep()
         yield from self._batches(super().__iter__(), run, errors)
 
     def _batches(self, inner: Iterator[Fetched], run, errors: list) -> Iterator[Any]:
@@ -209,6 +234,9 @@ class StreamingLoader(DataLoader):
             for fetched in inner:
                 errors.extend(fetched.errors)
                 batches = unbundle(fetched.batches) if fetched.bundled else fetched.batches
+                if fetched.leases:
+                    self._hold(fetched)
+                fetched = None  # (the batches alone keep their segments in use)
                 for batch in batches:
                     if skip:
                         skip -= 1
@@ -223,6 +251,13 @@ class StreamingLoader(DataLoader):
                     run.into = 0
         finally:
             run.active = False
+
+    def _hold(self, fetched: Fetched) -> None:
+        if fetched.pinned:
+            for lease in fetched.leases:
+                self._shared.release(lease.slot, lease.stamp)
+        else:
+            self._shared.hold(fetched.leases)
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -321,8 +356,9 @@ class _Fetcher(Dataset):
     """The map-style dataset DataLoader's workers index with units: each unit's batches, made here."""
 
     def __init__(self, dataset: StreamingDataset, collate_fn: Callable[[list], Any],
-                 batcher: BucketBatchSampler | None, bundle_small: bool) -> None:
+                 batcher: BucketBatchSampler | None, bundle_small: bool, shared: SharedBatches | None) -> None:
         self.dataset, self.collate_fn, self.batcher, self.bundle_small = dataset, collate_fn, batcher, bundle_small
+        self.shared = shared
         self._epoch: int | None = None
 
     def __len__(self) -> int:
@@ -340,17 +376,24 @@ class _Fetcher(Dataset):
             seed_globals(derive_seed(self.dataset.seed, unit.epoch, self.dataset.rank, info.id))
         if unit.check:
             stream.check(unit.check)
-        if self.batcher is None:
-            batches = [stream.batch(segs, self.collate_fn) for segs in unit.batches]
-        else:
-            samples = list(stream.samples(s for segs in unit.batches for s in segs))
-            batches = [self.collate_fn(batch) for batch in self.batcher(samples, random.Random(unit.seed))]
+        shared = self.shared if info is not None else None
+        if shared is not None:
+            shared.collect(info.id)
+        try:
+            batches, bundled = self._make(stream, unit), False
+            if self.bundle_small and len(batches) > 1 and info is not None:  # (nothing to send without workers)
+                batches, bundled = bundle(batches), True
+        finally:
+            leases = shared.take_leases() if shared is not None else ()
         if unit.ahead is not None:
             stream.reader.open_ahead(*unit.ahead)
-        errors = stream.errors.take_new()
-        if self.bundle_small and len(batches) > 1 and info is not None:  # (nothing to send without workers)
-            return Fetched(bundle(batches), errors, True)
-        return Fetched(batches, errors, False)
+        return Fetched(batches, stream.errors.take_new(), bundled, leases)
+
+    def _make(self, stream, unit: Unit) -> list:
+        if self.batcher is None:
+            return [stream.batch(segs, self.collate_fn) for segs in unit.batches]
+        samples = list(stream.samples(s for segs in unit.batches for s in segs))
+        return [self.collate_fn(batch) for batch in self.batcher(samples, random.Random(unit.seed))]
 
 
 def _check_harmless(dataset: StreamingDataset, kwargs: dict[str, Any]) -> None:
