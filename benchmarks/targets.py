@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .scenarios import conversion, images, large, remote, row, sequences
+from .scenarios import conversion, images, remote, row, sequences
 
 
 def _ratio(section_id: str, contender: str, reference: str | None = None) -> Callable[[dict], float | None]:

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import default_collate
 
 from ..format.fields import codec_of
 from .batch_decode import EncodedCrop, collate_crops
