@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import ShardError
@@ -20,7 +21,7 @@ from .plan import Segment
 from .reader import ErrorLog, Raw, ReadOptions, ShardReader
 from .sources import Source
 from .state import derive_seed
-from .views import View
+from .views import BlockGroup, View
 
 #: Stored-order samples read at once (bounded memory without a span to hold).
 CHUNK = 256
@@ -56,21 +57,55 @@ class SampleStream:
         """``(pass, shard, indices, raw samples or None)`` runs covering the segments' entries, in order."""
         segments = list(segments)
         for i, seg in enumerate(segments):
-            if i + 1 < len(segments):
-                nxt = segments[i + 1]
-                self.reader.open_ahead(nxt.shard, nxt.start + (nxt.lo if nxt.seed is None else 0))
+            self._open_next(segments, i)
             if seg.seed is None:
                 for a in range(seg.start + seg.lo, seg.start + seg.hi, CHUNK):
                     b = min(a + CHUNK, seg.start + seg.hi)
                     yield seg.pass_, seg.shard, range(a, b), self.reader.read(seg.shard, a, b)
                 continue
-            key = seg[:5]
-            if self._span is None or self._span[0] != key:
-                self._span = None  # let the last one go before the next is read
-                self._span = (key, self.reader.read(seg.shard, seg.start, seg.stop))
-            held, start = self._span[1], seg.start
+            held = self._span_of(seg, self.reader.read)
+            start = seg.start
             indices = seg.indices().tolist()
             yield seg.pass_, seg.shard, indices, [held[j - start] for j in indices]
+
+    def _open_next(self, segments: list[Segment], i: int) -> None:
+        if i + 1 < len(segments):
+            nxt = segments[i + 1]
+            self.reader.open_ahead(nxt.shard, nxt.start + (nxt.lo if nxt.seed is None else 0))
+
+    def _span_of(self, seg: Segment, read: Callable[[int, int, int], Any]) -> Any:
+        """What ``read`` gives for the span of shuffled segment ``seg``, read once for all its segments."""
+        key = (*seg[:5], read)
+        if self._span is None or self._span[0] != key:
+            self._span = None  # let the last one go before the next is read
+            self._span = (key, read(seg.shard, seg.start, seg.stop))
+        return self._span[1]
+
+    def block_groups(self, segments: Iterable[Segment]) -> list[BlockGroup] | None:
+        """``(block, rows, indices in the block)`` covering the segments' samples (rows numbered in
+        order across the segments), read without a Python object per sample; None when a block
+        is damaged or missing (read them sample by sample then)."""
+        segments, groups, row = list(segments), [], 0
+        for i, seg in enumerate(segments):
+            self._open_next(segments, i)
+            if seg.seed is None:
+                wanted = np.arange(seg.start + seg.lo, seg.start + seg.hi)
+                blocks = self.reader.read_blocks(seg.shard, int(wanted[0]), int(wanted[-1]) + 1) if len(wanted) else []
+            else:
+                blocks, wanted = self._span_of(seg, self.reader.read_blocks), seg.indices()
+            if blocks is None:
+                return None
+            firsts = np.array([first for first, _ in blocks], dtype=np.int64)
+            which = np.searchsorted(firsts, wanted, side="right") - 1
+            for g in np.unique(which).tolist():
+                rows = np.flatnonzero(which == g)
+                first, held = blocks[g]
+                groups.append((held.block, row + rows, wanted[rows] - first))
+            if len(wanted):
+                first, held = blocks[int(which[-1])]
+                self._last_good = held[int(wanted[-1]) - first], seg.shard, int(wanted[-1])
+            row += len(wanted)
+        return groups
 
     def samples(self, segments: Iterable[Segment]) -> Iterator[Any]:
         """The decoded, transformed samples of the segments, damaged ones replaced (see the module)."""
@@ -181,13 +216,10 @@ class SampleStream:
         """One batch: the segments' samples, collated (straight from the blocks when the view can)."""
         segments = list(segments)
         fast = self.view.fast_collate(collate)
-        if fast is not None:
-            runs = list(self.raws(segments))
-            items = [raw for *_, chunk in runs for raw in chunk]
-            if items and None not in items:
-                _, shard, indices, _ = runs[-1]
-                self._last_good = items[-1], shard, indices[-1]
-                return fast(items)
+        if fast is not None and self.source.schema.blocks is not None:
+            groups = self.block_groups(segments)
+            if groups:
+                return fast(groups)
         return collate(list(self.samples(segments)))  # sample by sample (damage is handled there)
 
 

@@ -24,10 +24,14 @@ import numpy as np
 import torch
 
 from ..errors import ShardError
+from ..format.blocks import Block
 from ..format.fields import codec_of
 from ..format.schema import LABEL_FIELD, Schema
 from .collate import dict_collate, image_collate, pad_collate, row_collate
 from .reader import BlockItem, Raw
+
+#: Rows of a batch taken from one block: ``(block, rows of the batch, sample indices in the block)``.
+BlockGroup = tuple[Block, np.ndarray, np.ndarray]
 
 
 class View:
@@ -66,8 +70,9 @@ class View:
         """``self(raw, shard)`` of each (before ``transform``); a subclass makes it cheaper."""
         return [self(raw, shard) for raw in raws]
 
-    def fast_collate(self, collate: Callable) -> Callable[[Sequence[Raw]], Any] | None:
-        """A function giving what ``collate`` gives, built straight from the raw samples' blocks,
+    def fast_collate(self, collate: Callable) -> Callable[[Sequence[BlockGroup]], Any] | None:
+        """A function giving what ``collate`` gives for a batch, built straight from its blocks
+        (``(block, rows of the batch, indices in the block)``, see ``SampleStream.block_groups``),
         when this view knows one for that collate function; else None."""
         return None
 
@@ -139,34 +144,34 @@ class SequencesView(View):
             out.append((from_numpy(tokens[o[i]:o[i + 1]].astype(int64)), -1 if labels is None else labels[i]))
         return out
 
-    def fast_collate(self, collate: Callable) -> Callable[[Sequence[BlockItem]], Any] | None:
+    def fast_collate(self, collate: Callable) -> Callable[[Sequence[BlockGroup]], Any] | None:
         return self._padded if collate is pad_collate and self.decode is not False and not self.random else None
 
     @staticmethod
-    def _padded(raws: Sequence[BlockItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``pad_collate``'s ``(padded, lengths, labels)``, gathered with NumPy from the blocks (one
-        fancy-indexing copy per block the batch touches): 25 µs per batch of 64 sequences against
-        150 µs through per-sample tensors."""
-        n = len(raws)
+    def _padded(groups: Sequence[BlockGroup]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``pad_collate``'s ``(padded, lengths, labels)``, scattered with NumPy from the blocks into
+        the zeroed batch (one fancy-indexing copy per block the batch touches, in the tokens there
+        are, not the padded cells): 47 µs per batch of 64 long-tailed sequences, against 62 µs with
+        a mask of the cells and 150 µs through per-sample tensors (measured)."""
+        n = sum(len(rows) for _, rows, _ in groups)
         lengths = np.empty(n, np.int64)
         labels = np.full(n, -1, np.int64)
         parts = []  # per block: (rows of the batch, token offsets where they start, the tokens)
-        for block, rows, indices in _by_block(raws):
+        for block, rows, indices in groups:
             offsets = block.offsets["tokens"]
             starts = offsets[indices]
             lengths[rows] = offsets[indices + 1] - starts
             if "label" in block.arrays:
                 labels[rows] = block.arrays["label"][indices]
             parts.append((rows, starts, block.arrays["tokens"]))
-        padded = np.zeros((n, int(lengths.max(initial=0))), np.int64)
-        filled = np.arange(padded.shape[1]) < lengths[:, None]
+        width = int(lengths.max(initial=0))
+        padded = np.zeros((n, width), np.int64)
+        cells = padded.reshape(-1)
         for rows, starts, tokens in parts:
             counts = lengths[rows]
-            # token index of each filled cell, row by row: start of its row + its column
-            first = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
-            mask = np.zeros_like(filled)
-            mask[rows] = filled[rows]
-            padded[mask] = tokens[first + np.arange(int(counts.sum()))]
+            # each token's column: its position in the run of its row's tokens
+            column = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+            cells[np.repeat(rows * width, counts) + column] = tokens[np.repeat(starts, counts) + column]
         return torch.from_numpy(padded), torch.from_numpy(lengths), torch.from_numpy(labels)
 
     def finish(self, sample: Any) -> Any:
@@ -189,17 +194,17 @@ class TabularView(View):
         features = torch.from_numpy(row.astype(np.float32)) if self.decode is not False else row.copy()
         return features, block.as_list("label")[i]
 
-    def fast_collate(self, collate: Callable) -> Callable[[Sequence[BlockItem]], Any] | None:
+    def fast_collate(self, collate: Callable) -> Callable[[Sequence[BlockGroup]], Any] | None:
         return self._rows if collate is row_collate and self.decode is not False and not self.random else None
 
     @staticmethod
-    def _rows(raws: Sequence[BlockItem]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rows(groups: Sequence[BlockGroup]) -> tuple[torch.Tensor, torch.Tensor]:
         """``row_collate``'s ``(features B×F, labels B)``, gathered from the blocks with NumPy
         fancy indexing: one copy per batch, not one tensor per row."""
-        width = raws[0][0].arrays["features"].shape[1]
-        features = np.empty((len(raws), width), np.float32)
-        labels = np.empty(len(raws), np.int64)
-        for block, rows, indices in _by_block(raws):
+        n = sum(len(rows) for _, rows, _ in groups)
+        features = np.empty((n, groups[0][0].arrays["features"].shape[1]), np.float32)
+        labels = np.empty(n, np.int64)
+        for block, rows, indices in groups:
             features[rows] = block.arrays["features"][indices]
             labels[rows] = block.arrays["label"][indices]
         return torch.from_numpy(features), torch.from_numpy(labels)
@@ -234,15 +239,3 @@ def make_view(schema: Schema, classes: Sequence[str] | None, fields: Sequence[st
 
 def _raw_bytes(data: bytes, shard: str | None, member: str | None) -> bytes:
     return data
-
-
-def _by_block(raws: Sequence[BlockItem]) -> list[tuple[Any, np.ndarray, np.ndarray]]:
-    """``(block, rows of the batch, sample indices in the block)`` for each block the raws come from."""
-    groups: dict[int, tuple[Any, list[int], list[int]]] = {}
-    for r, (block, i, _) in enumerate(raws):
-        entry = groups.get(id(block))
-        if entry is None:
-            entry = groups[id(block)] = (block, [], [])
-        entry[1].append(r)
-        entry[2].append(i)
-    return [(block, np.array(rows), np.array(indices)) for block, rows, indices in groups.values()]
