@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .scenarios import conversion, images, remote, row, sequences
+from .scenarios import conversion, images, remote, row, sequences, tabular
 
 
 def _ratio(section_id: str, contender: str, reference: str | None = None) -> Callable[[dict], float | None]:
@@ -55,6 +55,7 @@ def check(sections: dict[str, dict[str, Any]], cores: int) -> list[dict[str, Any
         ("issue 14: the same on the tree of many small files (20,000 in a full run)", "×", "<=", 3.0,
          _tar(cores, "conversion_many_files")),
         ("issue 7: RSS growth over the epochs, relative to the first epoch", "", "<=", 0.05, _memory_growth),
+        ("issue 12: shardkit tabular rows vs the tutorial's TabularDataset + DataLoader", "×", ">=", 20.0, _ratio("tabular", tabular.SHARDKIT)),
     ]
     results = []
     for what, unit, op, goal, get in specs:

@@ -17,6 +17,7 @@ decodes image fields with it (``callable(data, shard=..., member=...)``, e.g.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -186,8 +187,22 @@ class TabularView(View):
     def __call__(self, raw: BlockItem, shard: str) -> Any:
         block, i = raw.block, raw.index
         row = block.arrays["features"][i]
-        features = torch.from_numpy(row.astype(np.float32)) if self.decode is not False else row.copy()
-        return features, block.as_list("label")[i]
+        if self.decode is False:
+            return row.copy(), block.as_list("label")[i]
+        # the tutorial's TabularDataset returns torch.tensor(X[i], dtype=torch.float32),
+        # torch.tensor(y[i], dtype=torch.long): a 0-d int64 tensor, which default_collate stacks
+        return torch.from_numpy(row.astype(np.float32)), torch.tensor(block.as_list("label")[i], dtype=torch.int64)
+
+    def many(self, raws: Sequence[BlockItem], shard: str) -> list:
+        if self.decode is False:
+            return [self(raw, shard) for raw in raws]
+        out, last, from_numpy, tensor, int64 = [], None, torch.from_numpy, torch.tensor, torch.int64
+        for block, i, _ in raws:
+            if block is not last:  # the block's float32 rows (the layout fixes the dtype), a copy per sample
+                last, features, labels = block, from_numpy(block.arrays["features"]), \
+                    block.as_list("label")
+            out.append((features[i].clone(), tensor(labels[i], dtype=int64)))
+        return out
 
     def fast_collate(self, collate: Callable) -> Callable[[Sequence[BlockItem]], Any] | None:
         return self._rows if collate is row_collate and self.decode is not False and not self.random else None
@@ -195,13 +210,23 @@ class TabularView(View):
     @staticmethod
     def _rows(raws: Sequence[BlockItem]) -> tuple[torch.Tensor, torch.Tensor]:
         """``row_collate``'s ``(features B×F, labels B)``, gathered from the blocks with NumPy
-        fancy indexing: one copy per batch, not one tensor per row."""
-        width = raws[0][0].arrays["features"].shape[1]
+        fancy indexing: one copy per batch, not one tensor per row. The rows' blocks and indices
+        are taken out with ``map`` (C loops): a Python loop over the rows cost as much as the rest."""
+        blocks, indices = list(map(_first, raws)), np.fromiter(map(_second, raws), np.intp, len(raws))
+        ids = list(map(id, blocks))
+        if len(set(ids)) == 1:  # the usual case: a batch inside one block
+            block = blocks[0]
+            return (torch.from_numpy(block.arrays["features"][indices]),
+                    torch.from_numpy(block.arrays["label"][indices].astype(np.int64)))
+        width = blocks[0].arrays["features"].shape[1]
         features = np.empty((len(raws), width), np.float32)
         labels = np.empty(len(raws), np.int64)
-        for block, rows, indices in _by_block(raws):
-            features[rows] = block.arrays["features"][indices]
-            labels[rows] = block.arrays["label"][indices]
+        ids = np.array(ids)
+        for i in dict.fromkeys(ids.tolist()):
+            rows = np.flatnonzero(ids == i)
+            block = blocks[rows[0]]
+            features[rows] = block.arrays["features"][indices[rows]]
+            labels[rows] = block.arrays["label"][indices[rows]]
         return torch.from_numpy(features), torch.from_numpy(labels)
 
     def finish(self, sample: Any) -> Any:
@@ -230,6 +255,9 @@ def make_view(schema: Schema, classes: Sequence[str] | None, fields: Sequence[st
                          "(DeviceLoader decodes them); fold a flip into RandomResizedCropDecode(...).deferred(hflip=0.5)")
     cls = View if fields is not None else VIEWS[schema.kind]
     return cls(schema, classes, fields, decode, transform)
+
+
+_first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
 
 def _raw_bytes(data: bytes, shard: str | None, member: str | None) -> bytes:

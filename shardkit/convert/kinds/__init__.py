@@ -5,9 +5,10 @@ from __future__ import annotations
 from .base import InputKind, Listed, Request
 from .images import ImagesKind
 from .sequences import SequencesKind
+from .tabular import TabularKind
 
 #: kind name → its implementation (the order is the one ``--kind`` lists them in)
-KINDS: dict[str, InputKind] = {k.name: k for k in (ImagesKind(), SequencesKind())}
+KINDS: dict[str, InputKind] = {k.name: k for k in (ImagesKind(), SequencesKind(), TabularKind())}
 
 
 def get(name: str) -> InputKind:

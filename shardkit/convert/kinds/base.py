@@ -10,7 +10,6 @@ members, in order, are one shard) → :meth:`~InputKind.manifest` (schema, class
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -73,7 +72,7 @@ class InputKind:
     def scan_tasks(self, listed: Listed, opts: ConvertOptions, workers: int, scratch: str) -> list[Callable[[], Any]]:
         """Pass 1's tasks (picklable callables, each with ``nbytes`` for the progress bar): none
         by default. ``scratch``: a local directory where tasks may keep what they read (its
-        files are temporary: :func:`scratch_path`)."""
+        files are temporary: :func:`..tables.scratch_path`)."""
         return []
 
     def plan(self, listed: Listed, scans: list[Any], opts: ConvertOptions, digest: str):
@@ -87,14 +86,6 @@ class InputKind:
     def manifest(self, plan, records: list) -> Any:
         """The :class:`~shardkit.format.manifest.Manifest` of the finished shards (without ``source``)."""
         raise NotImplementedError
-
-
-def scratch_path(scratch: str, name: str) -> str:
-    """A file for pass 1 to keep rows in, named as shardkit's temporary files are (the partial
-    directory accepts it, and a run killed meanwhile leaves nothing the next one keeps)."""
-    from ...storage.files import temporary_path
-
-    return temporary_path(name, scratch) if os.path.isdir(scratch) else os.path.join(scratch, name)
 
 
 def shard_infos(records: list) -> list:
