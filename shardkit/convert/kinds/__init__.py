@@ -5,10 +5,12 @@ from __future__ import annotations
 from .base import InputKind, Listed, Request
 from .images import ImagesKind
 from .sequences import SequencesKind
+from .table import TableKind
 from .tabular import TabularKind
+from .webdataset import WebdatasetKind
 
 #: kind name → its implementation (the order is the one ``--kind`` lists them in)
-KINDS: dict[str, InputKind] = {k.name: k for k in (ImagesKind(), SequencesKind(), TabularKind())}
+KINDS: dict[str, InputKind] = {k.name: k for k in (ImagesKind(), SequencesKind(), TableKind(), TabularKind(), WebdatasetKind())}
 
 
 def get(name: str) -> InputKind:

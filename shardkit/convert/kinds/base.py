@@ -100,3 +100,22 @@ def all_skipped(plan, records: list) -> list[dict[str, Any]]:
     from ..sources import skip_sort_key
 
     return sorted(list(plan.skipped) + [e for r in records for e in r.skipped], key=skip_sort_key)
+
+
+def refuse_dst_inside(src: str, dst: str, what: str) -> None:
+    """Refuse a local DST inside the local directory SRC, whose next conversion would read it.
+
+    Raises:
+        DestinationError: it is.
+    """
+    import os
+
+    from ...errors import DestinationError
+    from ...storage import is_url
+
+    if not is_url(src) and not is_url(dst):
+        s, d = os.path.realpath(src), os.path.realpath(dst)
+        if d == s or d.startswith(s.rstrip(os.sep) + os.sep):
+            kind = "become a class of" if what == "ImageFolder tree" else "be read by"
+            raise DestinationError(f"the destination {dst} is inside the {what} {src}: it would "
+                                   f"{kind} the next conversion; choose a directory outside it")

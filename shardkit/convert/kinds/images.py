@@ -4,16 +4,13 @@ stored byte for byte or converted (:mod:`..images`), shards cut on the files' si
 from __future__ import annotations
 
 import functools
-import os
 
-from ...errors import DestinationError
 from ...format.manifest import Manifest
 from ...format.schema import Schema
-from ...storage import is_url
 from ..images import ImageChunk
 from ..plan import plan_images
 from ..sources import list_images
-from .base import InputKind, Request, all_skipped, shard_infos
+from .base import InputKind, Request, all_skipped, refuse_dst_inside, shard_infos
 
 #: A chunk holds at most this many images, or this many source bytes (a shard of one chunk would
 #: leave the other cores idle; a larger chunk holds more memory per task in flight).
@@ -27,11 +24,7 @@ class ImagesKind(InputKind):
     whole_shards = True
 
     def check(self, src, dst, opts) -> None:
-        if not is_url(src) and not is_url(dst):
-            s, d = os.path.realpath(src), os.path.realpath(dst)
-            if d == s or d.startswith(s.rstrip(os.sep) + os.sep):
-                raise DestinationError(f"the destination {dst} is inside the ImageFolder tree {src}: it would "
-                                       f"become a class of the next conversion; choose a directory outside it")
+        refuse_dst_inside(src, dst, "ImageFolder tree")
 
     def list(self, src, request: Request):
         return list_images(src, request.storage_options, remote_files=request.remote_files, checksum=request.checksum)
