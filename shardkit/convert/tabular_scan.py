@@ -50,6 +50,7 @@ class Scanned:
     names: list[str] | None = None
     skipped: list[dict[str, Any]] = field(default_factory=list)
     ignored_columns: list[str] = field(default_factory=list)
+    label_range: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class TabularScan:
         finally:
             out.close()
         return Scanned(out.count, out.width or 0, out.features_path, out.labels_path, has_labels, names,
-                       out.skipped, ignored)
+                       out.skipped, ignored, (out.low, out.high))
 
     def _npy(self, out: "_Out"):
         features = _load_npy(self.part.path, self.part.name)
@@ -224,6 +225,7 @@ class _Out:
     def __init__(self, features_path: str, labels_path: str, name: str, allow_nan: bool) -> None:
         self.features_path, self.labels_path, self.name, self.allow_nan = features_path, labels_path, name, allow_nan
         self.count, self.width, self.skipped = 0, None, []
+        self.low, self.high = 2**63 - 1, -(2**63)  # the labels' range
         try:
             self._f, self._l = open(features_path, "wb"), open(labels_path, "wb")
         except OSError as err:
@@ -241,7 +243,8 @@ class _Out:
         if self.width is None:
             self.width = x.shape[1]
         reasons = dict(bad or {})
-        x32 = x.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 are found just below
+            x32 = x.astype(np.float32)
         finite = np.isfinite(x32).all(axis=1)
         if not finite.all():
             overflow = ~finite & np.isfinite(x).all(axis=1) if x.dtype.kind == "f" else ~finite
@@ -268,6 +271,8 @@ class _Out:
         except OSError as err:
             raise DestinationError(f"cannot write the scratch files of {self.name}: {err.strerror or err}") from None
         self.count += int(keep.sum())
+        if keep.any():
+            self.low, self.high = min(self.low, int(labels[keep].min())), max(self.high, int(labels[keep].max()))
 
     def close(self) -> None:
         self._f.close()

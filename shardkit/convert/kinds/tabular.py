@@ -50,6 +50,7 @@ class Rows:
     width: int
     names: tuple[str, ...] | None
     has_labels: bool
+    label_range: tuple[int, int] = (0, 0)
 
     def __len__(self) -> int:
         return sum(n for *_, n in self.parts)
@@ -120,7 +121,8 @@ class TabularKind(InputKind):
                               f"those named by --fields)")
         names = next((n for _, n in widths if n is not None), None)
         rows = Rows(tuple((s.features, s.labels, s.count) for s in kept), width, names,
-                    bool(kept) and kept[0].has_labels)
+                    bool(kept) and kept[0].has_labels,
+                    (min((s.label_range[0] for s in kept), default=0), max((s.label_range[1] for s in kept), default=0)))
         order = sample_order(len(rows), opts)
         shard_starts, block_starts = cut_rows(len(rows), width, opts.max_shard_size, opts.max_shard_samples)
         return Plan("tabular", opts, digest, order, shard_starts, skipped, source=rows, block_starts=block_starts,
@@ -137,9 +139,7 @@ class TabularKind(InputKind):
                                  "feature_names": list(rows.names) if rows.names is not None else None,
                                  "has_labels": rows.has_labels, "label_field": plan.options.label_field}
         if rows.has_labels and len(rows):
-            labels = np.concatenate([np.fromfile(path, np.int64) for _, path, _ in rows.parts])
-            stats["labels"] = {"min": int(labels.min()), "max": int(labels.max()),
-                               "distinct": int(len(np.unique(labels)))}
+            stats["labels"] = {"min": rows.label_range[0], "max": rows.label_range[1]}
         return Manifest(kind="tabular", schema=Schema.tabular(rows.width), shards=shard_infos(records),
                         params=plan.options.as_params(), skipped=all_skipped(plan, records), stats=stats)
 
