@@ -282,8 +282,10 @@ class TarChunk:
                     codec.decode(data, shard, member)
             except SkipImage as err:
                 raise _Skip(str(err), member) from None
-            except ShardError as err:
-                raise _Skip(str(err).split(": ", 2)[-1], member) from None
+            except ShardError as err:  # the entry names shard and member: keep the message only
+                text = str(err)
+                raise _Skip(text.split(": ", 1)[1] if text.startswith("shard ") and ": " in text else text,
+                            member) from None
 
     def split(self) -> list["TarChunk"]:
         return [dataclasses.replace(self, items=(item,)) for item in self.items]
