@@ -163,6 +163,8 @@ class TableScan:
             value = row.get(self.image_field)
             if not isinstance(value, str) or not value.strip():
                 raise SkipRow(f"no image path in column {self.image_field!r}")
+            if "\0" in value:  # no file name holds one (os.stat would raise ValueError)
+                raise SkipRow(f"image {record_name(value)!r}: a path with a NUL character")
             size = self._image_size(value, base_real)
         return row, size
 

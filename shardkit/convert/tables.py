@@ -196,7 +196,7 @@ def csv_rows(part: TablePart, storage_options: dict[str, Any] | None = None
     csv.field_size_limit(LINE_LIMIT)
     with open_table(part.path, storage_options) as raw:
         lines = _strip_bom(line.decode("utf-8", "surrogateescape") for line in _lines(raw, long_lines))
-        reader = csv.reader(lines)
+        reader = csv.reader(lines, strict=True)  # strict: a quote left open at the end is reported, not swallowed
         previous = 0
         while True:
             try:
@@ -204,6 +204,11 @@ def csv_rows(part: TablePart, storage_options: dict[str, Any] | None = None
             except StopIteration:
                 return
             except csv.Error as err:
+                if "field limit" in str(err):
+                    # a quoted cell over many lines: where it ends is unknown once the limit cut it,
+                    # so what follows cannot be read as rows reliably
+                    raise SourceError(f"{part.name}:{previous + 1}: a cell of more than {LINE_LIMIT} bytes (over "
+                                      f"several lines); shardkit reads CSV cells up to that size") from None
                 yield previous + 1, None, f"not a CSV row ({err})"
                 previous = reader.line_num
                 continue

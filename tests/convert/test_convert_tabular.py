@@ -10,7 +10,7 @@ import pytest
 
 import shardkit
 from datagen import dst_files
-from shardkit.convert import tabular_scan
+from shardkit.convert import tables, tabular_scan
 from shardkit.convert.kinds import tabular as tabular_kind
 from shardkit.errors import SourceError
 from table_helpers import TABULAR_FORMATS, features, write_tabular
@@ -187,7 +187,7 @@ def test_memory_stays_bounded_by_a_chunk_whatever_the_table_size(tmp_path, fmt, 
     long): the peak of traced memory follows a chunk and a block, never the table; what grows is
     the plan's 8 bytes of order per row (the global shuffle), nothing of the rows themselves."""
     monkeypatch.setattr(tabular_scan, "CHUNK_ROWS", 1000)
-    monkeypatch.setattr("shardkit.convert.tables.BATCH_ROWS", 1000)
+    monkeypatch.setattr(tables, "BATCH_ROWS", 1000)
     peaks, sizes = [], []
     for n in (25_000, 200_000):
         x, y = features(n, width=20, seed=n)

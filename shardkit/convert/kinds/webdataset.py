@@ -186,7 +186,7 @@ class WebdatasetKind(InputKind):
             if items and (len(items) == CHUNK_SAMPLES or size + samples.nbytes[s] > CHUNK_BYTES):
                 tasks.append(TarChunk(samples, tuple(items), opts.validate))
                 items, size = [], 0
-            items.append((position, int(samples.tar[s]), int(samples.offset[s])))
+            items.append((position, int(samples.tar[s]), int(samples.offset[s]), int(samples.nbytes[s])))
             size += int(samples.nbytes[s])
         tasks.append(TarChunk(samples, tuple(items), opts.validate))
         return tasks
@@ -231,18 +231,18 @@ def _listed_paths(paths: list[str], request: Request, root: str | None = None) -
 
 @dataclass(frozen=True)
 class TarChunk:
-    """A pass-2 task: the samples ``(position, tar, offset)`` at consecutive positions of a shard."""
+    """A pass-2 task: the samples ``(position, tar, offset, bytes)`` at consecutive positions of a shard."""
 
     samples: Samples
-    items: tuple[tuple[int, int, int], ...]
+    items: tuple[tuple[int, int, int, int], ...]
     validate: str
 
     def __call__(self) -> ChunkResult:
         members, skipped, read = [], [], 0
-        for position, tar, offset in self.items:
+        for position, tar, offset, nbytes in self.items:
             path, name, size = self.samples.tars[tar]
             try:
-                group = self._group(path, name, size, offset)
+                group = self._group(path, name, size, offset, nbytes)
                 self._check(group, name)
             except _Skip as err:
                 skipped.append(skip_entry(name, err.reason, member=err.member))
@@ -252,15 +252,24 @@ class TarChunk:
             read += sum(len(d) for d in group.fields.values())
         return ChunkResult(members, len(self.items) - len(skipped), skipped, read)
 
-    def _group(self, path: str, name: str, size: int, offset: int):
+    def _group(self, path: str, name: str, size: int, offset: int, nbytes: int):
+        """The sample whose members span ``offset:offset + nbytes`` (pass 1 saw it intact): damage
+        after it (met while looking for its end) is the next sample's, already reported."""
+        damage: list[ShardError] = []
         try:
             with storage.open_shard(path, storage_options=self.samples.storage_options, size=size,
                                     offset=offset) as stream:
-                return next(group_samples(iter_members(stream, name, size=size, start=offset), name))
+                group = next(group_samples(iter_members(stream, name, size=size, start=offset,
+                                                        on_damage=damage.append), name), None)
         except ShardError as err:
             raise _Skip(str(err), err.member) from None
         except (OSError, StorageError) as err:
             raise SourceError(f"cannot read the tar {name}: {err}; run the conversion again") from None
+        inside = [d for d in damage if d.offset is None or d.offset < offset + nbytes]
+        if group is None or group.offset != offset or inside:
+            raise SourceError(f"the tar {name} changed while converting (at byte {offset}: "
+                              f"{inside[0] if inside else 'no sample there'}); run the conversion again")
+        return group
 
     def _check(self, group, shard: str) -> None:
         """Every field decodes by its codec (images fully, and of the format their extension says)."""
@@ -292,7 +301,7 @@ class TarChunk:
 
     def crashed(self) -> ChunkResult:
         return ChunkResult([], 0, [skip_entry(self.samples.tars[tar][1], "the decoder crashed (its worker process died)",
-                                              member=f"byte {offset}") for _, tar, offset in self.items])
+                                              member=f"byte {offset}") for _, tar, offset, _ in self.items])
 
     def merge(self, results: list[ChunkResult]) -> ChunkResult:
         return ChunkResult.join(results)
