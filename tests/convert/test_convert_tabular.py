@@ -196,3 +196,17 @@ def test_memory_stays_bounded_by_a_chunk_whatever_the_table_size(tmp_path, fmt, 
         sizes.append(x.nbytes + y.nbytes)
     assert peaks[1] < peaks[0] + 2 * 8 * 175_000 + (512 << 10), peaks
     assert peaks[1] < sizes[1] / 2, (peaks, sizes)  # a block of rows (1 MiB) and its encodings, not the table
+
+
+def test_csv_through_pyarrow_or_the_standard_library_gives_the_same_bytes(tmp_path, monkeypatch):
+    """A clean numeric CSV is parsed by pyarrow when it is installed (faster), else by ``csv``."""
+    import sys
+
+    x, y = features(3000)
+    src, _ = write_tabular(tmp_path / "src", x, y, "csv")
+    shardkit.convert(src, tmp_path / "arrow", workers=1)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.csv", None)
+    shardkit.convert(src, tmp_path / "stdlib", workers=1)
+    assert dst_files(tmp_path / "arrow") == dst_files(tmp_path / "stdlib")
+    assert read_rows(tmp_path / "arrow")[0].shape == (3000, 6)
