@@ -2,7 +2,6 @@
 blocks; bad rows reported with file and row; the size bound; bounded memory; the same bytes for any
 worker count."""
 
-import os
 import tracemalloc
 
 import numpy as np

@@ -22,7 +22,7 @@ from ... import storage
 from ...errors import SourceError
 from ...format.fields import IMAGE_FORMATS, extension
 from ...format.manifest import Manifest
-from ...format.records import members_bytes, sample_key, sample_members
+from ...format.records import sample_key, sample_members
 from ...format.schema import FieldSpec, Schema
 from ..images import SkipImage, encode_image, read_source
 from ..names import relative
