@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .scenarios import conversion, images, remote, row, sequences
+from .scenarios import conversion, images, remote, row, sequences, tabular
 
 
 def _ratio(section_id: str, contender: str, reference: str | None = None) -> Callable[[dict], float | None]:
@@ -73,6 +73,7 @@ def check(sections: dict[str, dict[str, Any]], cores: int) -> list[dict[str, Any
         (f"issue 14: convert ({cores} workers, full validation) vs all-core PIL decode rate", "×", ">=", 0.9,
          _ratio("conversion", conversion.shardkit_name(cores, "full"))),
         ("issue 7: RSS growth over the epochs, relative to the first epoch", "", "<=", 0.05, _memory_growth),
+        ("issue 12: shardkit tabular rows vs the tutorial's TabularDataset + DataLoader", "×", ">=", 20.0, _ratio("tabular", tabular.SHARDKIT)),
     ]
     results = []
     for what, unit, op, goal, get in specs:

@@ -51,7 +51,13 @@ def _run(fn, *args, **kwargs):
 
 def _not_empty(ctx, param, value: str) -> str:
     if not value:
-        raise click.BadParameter("must not be empty: it names the JSONL field to read")
+        raise click.BadParameter("must not be empty: it names the field to read")
+    return value
+
+
+def _not_empty_if_given(ctx, param, value: str | None) -> str | None:
+    if value is not None and not value.strip(" ,"):
+        raise click.BadParameter("must not be empty: it names a column")
     return value
 
 
@@ -81,9 +87,10 @@ def cli(verbose: bool) -> None:
 
 
 @cli.command()
-@click.argument("src", type=click.Path())
+@click.argument("src", nargs=-1, required=True, type=click.Path())
 @click.argument("dst", type=click.Path(file_okay=False))
-@click.option("--kind", type=click.Choice(["images", "sequences"]), help="Input kind (detected by default).")
+@click.option("--kind", type=click.Choice(["images", "sequences", "table", "tabular", "webdataset"]),
+              help="Input kind (detected from the files by default).")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="Shuffle seed.")
 @click.option("--no-shuffle", is_flag=True, help="Keep the source order (ImageFolder order is class by class).")
 @click.option("--max-shard-size", type=SIZE, default="256MB", show_default=True,
@@ -102,19 +109,31 @@ def cli(verbose: bool) -> None:
 @click.option("--tokens-field", default="tokens", show_default=True, callback=_not_empty,
               help="JSONL field holding the tokens.")
 @click.option("--label-field", default="label", show_default=True, callback=_not_empty,
-              help="JSONL field holding the label.")
+              help="JSONL field, table column or .npz array holding the (integer) label.")
+@click.option("--image-field", metavar="COL", callback=_not_empty_if_given,
+              help="Table column holding image paths (relative to the table or --root) or URLs.")
+@click.option("--root", type=click.Path(file_okay=False), help="Where a table's relative image paths start.")
+@click.option("--fields", metavar="A,B,...", callback=_not_empty_if_given,
+              help="Table columns to keep (default: all); tabular CSV/Parquet: the feature columns.")
+@click.option("--features-field", default="features", show_default=True, callback=_not_empty,
+              help=".npz array holding the features.")
+@click.option("--labels", type=click.Path(dir_okay=False), help="A .npy of labels, beside a .npy of features.")
+@click.option("--allow-nan", is_flag=True, help="Keep tabular rows holding NaN or infinity (skipped by default).")
 @click.option("--checksum-sources", is_flag=True,
               help="Hash every source file to tell whether it changed (reads SRC once more); by default "
                    "sizes, modification times and the content of small files tell.")
 @click.option("--scheduler", metavar="ADDRESS", help="Write shards on a Dask cluster: tcp://host:8786, or 'local'.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
 def convert(src, dst, kind, seed, no_shuffle, max_shard_size, max_shard_samples, workers, strict, overwrite,
-            resize, quality, validate, no_validate, tokens_field, label_field, checksum_sources, scheduler,
-            progress) -> None:
-    """Convert an ImageFolder tree or .jsonl/.txt sequence files at SRC into shards in DST.
+            resize, quality, validate, no_validate, tokens_field, label_field, image_field, root, fields,
+            features_field, labels, allow_nan, checksum_sources, scheduler, progress) -> None:
+    """Convert the dataset at SRC into shards in DST: an ImageFolder tree, .jsonl/.txt sequence
+    files, a table (.csv/.jsonl/.parquet), tabular features (.npz, .npy with --labels, numeric
+    .csv/.parquet) or webdataset tars (several SRC, a brace pattern or a directory of them).
 
-    SRC (images) and DST may be URLs such as s3://bucket/prefix (credentials come from the usual
-    environment and config files). Re-running the same command resumes an interrupted conversion.
+    SRC (images, tables, tars) and DST may be URLs such as s3://bucket/prefix (credentials come
+    from the usual environment and config files). Re-running the same command resumes an
+    interrupted conversion.
     """
     from .convert import convert as run_convert
 
@@ -127,11 +146,12 @@ def convert(src, dst, kind, seed, no_shuffle, max_shard_size, max_shard_samples,
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
-        manifest = _run(run_convert, src, dst, kind=kind, workers=workers, overwrite=overwrite, progress=progress,
-                        scheduler=scheduler, checksum_sources=checksum_sources,
-                        seed=seed, shuffle=not no_shuffle, max_shard_size=max_shard_size,
+        manifest = _run(run_convert, list(src) if len(src) > 1 else src[0], dst, kind=kind, workers=workers,
+                        overwrite=overwrite, progress=progress, scheduler=scheduler, checksum_sources=checksum_sources,
+                        labels=labels, root=root, seed=seed, shuffle=not no_shuffle, max_shard_size=max_shard_size,
                         max_shard_samples=max_shard_samples, resize=resize, quality=quality, validate=validate,
-                        strict=strict, tokens_field=tokens_field, label_field=label_field)
+                        strict=strict, tokens_field=tokens_field, label_field=label_field, image_field=image_field,
+                        fields=fields, features_field=features_field, allow_nan=allow_nan)
     except KeyboardInterrupt as interrupt:
         how = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
         click.echo(f"shardkit: {how}; the shards finished so far are kept: run the same command again to "

@@ -88,6 +88,8 @@ def summary(manifest: Manifest) -> str:
     lines.append(f"skipped: {len(manifest.skipped)}")
     for entry in manifest.skipped[:5]:
         line = f":{printable(entry['line'])}" if entry.get("line") else ""
+        line += f" row {printable(entry['row'])}" if entry.get("row") is not None else ""
+        line += f" member {printable(entry['member'])}" if entry.get("member") else ""
         lines.append(f"  {printable(entry.get('path'))}{line}: {printable(entry.get('reason'))}")
     if len(manifest.skipped) > 5:
         lines.append(f"  ... and {len(manifest.skipped) - 5} more (see manifest.json)")

@@ -1,4 +1,5 @@
-"""``shardkit.convert``: ImageFolder trees and sequence files into tar shards plus a manifest.
+"""``shardkit.convert``: ImageFolder trees, sequence files, tables, tabular arrays and webdataset
+tars into tar shards plus a manifest (each input kind one module of :mod:`.kinds`).
 
 The package is itself callable, so ``shardkit.convert(src, dst)`` works even after a submodule
 such as ``shardkit.convert.plan`` was imported (which makes ``shardkit.convert`` this module).

@@ -2,56 +2,65 @@
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from ..errors import DestinationError, ManifestError, SourceError
-from ..format.manifest import MANIFEST_NAME, Manifest, ShardInfo
-from ..format.schema import Schema
+from ..format.manifest import MANIFEST_NAME, Manifest
 from ..storage import is_url, join, list_files
-from . import execute
+from . import execute, kinds
+from .kinds.base import InputKind, Listed, Request
 from .options import ConvertOptions
 from .output import ChunkResult, Destination, ShardRecord
 from .owned import named_files
-from .plan import Plan, digest, plan_images, plan_sequences
+from .plan import Plan, digest
 from .pool import WorkerPool
 from .progress import progress_bar
-from .sequences import ScanRange, merge_scans, scan_ranges
-from .sources import detect_kind, list_images, list_sequences, skip_sort_key
+from .sources import detect_kind, has_file_extension, skip_sort_key
 
 log = logging.getLogger(__name__)
-#: What convert reads: ImageFolder trees, sequence files.
-SOURCE_KINDS = ("images", "sequences")
+#: What convert reads (see :mod:`.kinds`).
+SOURCE_KINDS = tuple(kinds.KINDS)
 #: How many skipped entries a strict or empty failure lists.
 STRICT_SHOWN = 5
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str | None = None,
-            workers: int | None = None, overwrite: bool = False, progress: bool | None = None,
-            storage_options: dict[str, Any] | None = None, scheduler: str | None = None, client: Any = None,
-            checksum_sources: bool = False, **options: Any) -> Manifest:
-    """Convert an ImageFolder tree or sequence files at ``src`` into tar shards and a manifest in ``dst``.
+def convert(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str | os.PathLike, *,
+            kind: str | None = None, workers: int | None = None, overwrite: bool = False,
+            progress: bool | None = None, storage_options: dict[str, Any] | None = None,
+            scheduler: str | None = None, client: Any = None, checksum_sources: bool = False,
+            labels: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
+            **options: Any) -> Manifest:
+    """Convert the dataset at ``src`` into tar shards and a manifest in ``dst``.
+
+    ``src`` is an ImageFolder tree, sequence files (``.jsonl``/``.txt``), a table (``.csv``,
+    ``.jsonl``, ``.parquet``: rows of image paths, captions, labels...), tabular features
+    (``.npz``; ``.npy`` with ``labels``, a ``.npy`` of labels; numeric ``.csv``/``.parquet``) or
+    webdataset tars (a brace pattern, a list of ``.tar`` paths or a directory of them); a
+    directory or glob of such files. ``kind`` (``"images"``, ``"sequences"``, ``"table"``,
+    ``"tabular"``, ``"webdataset"``) overrides the detection. ``root``: where a table's relative
+    image paths start (default: the table's directory).
 
     ``options`` are the fields of :class:`ConvertOptions` (seed, shuffle, max_shard_size,
-    max_shard_samples, resize, quality, validate, strict, tokens_field, label_field). The output is
-    byte-identical for any ``workers`` (default: the CPU count, and never more than there are
-    tasks; 1 runs in this process). Re-running after an interruption resumes; re-running a
-    finished conversion returns its manifest. Whether the sources changed since is told by their
-    sizes and modification times, and the content of small files; ``checksum_sources`` hashes every
-    file too (it reads the whole source once more). ``progress`` shows a tqdm bar (default: when
-    stderr is a terminal). ``scheduler`` (a Dask scheduler address, or ``"local"`` for a
-    ``LocalCluster`` of ``workers`` processes) or ``client`` (a ``distributed.Client``) writes the
-    shards on a Dask cluster, with the same bytes.
+    max_shard_samples, resize, quality, validate, strict, tokens_field, label_field, image_field,
+    fields, features_field, allow_nan). The output is byte-identical for any ``workers``
+    (default: the CPU count, and never more than there are tasks; 1 runs in this process).
+    Re-running after an interruption resumes; re-running a finished conversion returns its
+    manifest. Whether the sources changed since is told by their sizes and modification times,
+    and the content of small files; ``checksum_sources`` hashes every file too (it reads the whole
+    source once more). ``progress`` shows a tqdm bar (default: when stderr is a terminal).
+    ``scheduler`` (a Dask scheduler address, or ``"local"`` for a ``LocalCluster`` of ``workers``
+    processes) or ``client`` (a ``distributed.Client``) writes the shards on a Dask cluster, with
+    the same bytes.
 
-    ``src`` and ``dst`` may be fsspec URLs (``s3://...``; a remote ``src`` holds images), opened
-    with ``storage_options``; shards are uploaded as they are finished, the manifest last.
+    ``src`` and ``dst`` may be fsspec URLs (``s3://...``; a remote ``src`` holds images, a table or
+    tars), opened with ``storage_options``; shards are uploaded as they are finished, the manifest last.
 
     Files of ``src`` that the kind does not read (non-image files of an ImageFolder tree, other
     files beside sequence files) are logged and counted in ``manifest.source["ignored"]``.
@@ -60,112 +69,137 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, kind: str | None 
         The manifest written to ``dst/manifest.json``; its ``skipped`` lists every input not converted.
     Raises:
         TypeError: an unknown option (named) or one of the wrong type; ValueError: a bad option value.
-        SourceError: ``src`` is missing, holds no data, holds both kinds (pass ``kind``), has a part
-            that cannot be read, yields no sample at all, or (``strict=True``) had input to skip.
+        SourceError: ``src`` is missing, holds no data, holds several kinds (pass ``kind``), has a
+            part that cannot be read, yields no sample at all, or (``strict=True``) had input to skip.
         DestinationError: ``dst`` is not writable, holds another dataset (unless ``overwrite``) or
             files shardkit did not write where it would write (even with ``overwrite``), is being
             written by another conversion, or ran out of space.
         ShardkitError: the worker processes cannot start.
     """
     opts = ConvertOptions.from_kwargs(options)
-    src, dst = (_local_if_file_url(os.fspath(p)) for p in (src, dst))
-    if kind is not None and kind not in SOURCE_KINDS:
-        raise ValueError(f"kind must be one of {SOURCE_KINDS}, not {kind!r}")
+    src = _source_argument(src)
+    dst = _local_if_file_url(os.fspath(dst))
+    if kind is not None:
+        kinds.get(kind)  # a ValueError naming the kinds
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
     show = sys.stderr.isatty() if progress is None else progress
     started = time.monotonic()
+    labels = _local_if_file_url(os.fspath(labels)) if labels is not None else None
+    root = _local_if_file_url(os.fspath(root)) if root is not None else None
 
     # A URL is listed once, for both questions: a LIST of a large prefix is thousands of requests.
-    remote_files = list_files(src, storage_options) if is_url(src) and kind != "sequences" else None
-    kind = kind or detect_kind(src, storage_options, remote_files=remote_files)
-    if kind == "sequences" and is_url(src):
-        raise SourceError(f"{src}: sequence files are read at random offsets, which remote storage does "
-                          f"not serve well; copy them to a local disk first")
-    _refuse_dst_inside_src(src, dst, kind)
+    listed_remotely = isinstance(src, str) and is_url(src) and kind != "sequences" and not has_file_extension(src)
+    remote_files = list_files(src, storage_options) if listed_remotely else None
+    input_kind = kinds.get(kind or detect_kind(src, storage_options, remote_files=remote_files, options=opts,
+                                               labels=labels))
+    if isinstance(src, list) and not input_kind.takes_lists:
+        raise SourceError(f"a list of sources is read as webdataset tars only, not as {input_kind.name}: "
+                          f"give one file, directory or glob")
+    input_kind.check(src, dst, opts)
+    request = Request(storage_options, remote_files, checksum_sources, labels, root)
     with Destination(dst, storage_options) as out:
-        source = (list_images(src, storage_options, remote_files=remote_files, checksum=checksum_sources)
-                  if kind == "images" else list_sequences(src, checksum=checksum_sources))
-        _report_ignored(src, kind, source.ignored)
-        listing = source.listing()
-        plan_digest = digest(kind, opts, listing)
-        done = _check_destination(out, plan_digest, kind, opts, overwrite)
+        listed = input_kind.list(src, request)
+        _report_ignored(src, input_kind, listed.ignored)
+        listing = listed.listing()
+        plan_digest = digest(input_kind.name, opts, listing)
+        done = _check_destination(out, plan_digest, input_kind.name, opts, overwrite)
         if done is not None:
             log.info("%s already holds this conversion; nothing to do", dst)
             return done
-        out.start(plan_digest, kind, opts.as_params())
+        out.start(plan_digest, input_kind.name, opts.as_params())
         try:
-            plan, records = _plan_and_write(src, kind, source, opts, plan_digest, out, workers, show,
+            plan, records = _plan_and_write(src, input_kind, listed, opts, plan_digest, out, workers, show,
                                             scheduler=scheduler, client=client)
         except BaseException:
             if not out.has_records():  # nothing to resume: leave nothing that would refuse a corrected run
                 out.clear_partial()
             raise
-        manifest = _manifest(plan, records)
+        manifest = input_kind.manifest(plan, records)
         if not manifest.samples:
-            _fail_empty(out, src, kind, manifest.skipped)
+            _fail_empty(out, src, input_kind, manifest.skipped)
         # The digest lets a re-run recognise this conversion (and refuse any other) from the
         # manifest alone; file count and bytes tell a reader what was converted.
         manifest.source = {"files": len(listing), "bytes": sum(max(entry[1], 0) for entry in listing),
-                           "digest": plan_digest, "ignored": len(source.ignored)}
+                           "digest": plan_digest, "ignored": len(listed.ignored)}
         out.write_manifest(manifest.to_json())
     log.info("converted %d samples into %d shards (%d bytes, %d skipped) in %.1f s", manifest.samples,
              len(manifest.shards), manifest.bytes, len(manifest.skipped), time.monotonic() - started)
     return manifest
 
 
-def _plan_and_write(src: str, kind: str, source, opts: ConvertOptions, plan_digest: str, out: Destination,
-                    workers: int, show: bool, **cluster: Any) -> tuple[Plan, list[ShardRecord]]:
-    """Plan, then write the shards; with at most as many worker processes as there are tasks."""
+def _source_argument(src: Any) -> str | list[str]:
+    """One path or URL (``file://`` made local), or a list of them (webdataset tars)."""
+    if isinstance(src, (list, tuple)):
+        paths = [_local_if_file_url(os.fspath(p)) for p in src]
+        if not paths:
+            raise SourceError("no source given: the list is empty")
+        return paths[0] if len(paths) == 1 else paths
+    if not isinstance(src, (str, os.PathLike)):
+        raise TypeError(f"src is a path, a URL or a list of .tar paths, not {type(src).__name__}")
+    return _local_if_file_url(os.fspath(src))
+
+
+def _plan_and_write(src, kind: InputKind, listed: Listed, opts: ConvertOptions, plan_digest: str,
+                    out: Destination, workers: int, show: bool, **cluster: Any) -> tuple[Plan, list[ShardRecord]]:
+    """Scan (pass 1), plan, then write the shards; with at most as many worker processes as there
+    are tasks (the scan's pool is kept for writing when it is large enough)."""
     on_dask = cluster["scheduler"] is not None or cluster["client"] is not None
+    scans = kind.scan_tasks(listed, opts, workers, out.staging)
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(WorkerPool(min(workers, len(scans)))) if scans else None
+        plan = _make_plan(kind, listed, scans, opts, plan_digest, pool, show)
+        _check_plan(plan, out, src, kind)
+        # On Dask the shards are written by the cluster; locally a worker takes a whole shard (for
+        # kinds written so), or a chunk of one when there are fewer shards than workers.
+        whole = kind.whole_shards and workers <= plan.num_shards
+        wanted = 1 if on_dask else min(workers, plan.num_shards if whole else _chunk_count(plan))
+        if pool is None or (not on_dask and pool.workers < wanted):
+            if pool is not None:
+                pool.close()
+            pool = stack.enter_context(WorkerPool(max(wanted, 1)))
+        if on_dask:
+            return plan, _write_on_dask(plan, out, show, workers=workers, **cluster)
+        return plan, _write(plan, out, pool, show)
 
-    def write(plan: Plan, pool: WorkerPool) -> list[ShardRecord]:
-        return _write_on_dask(plan, out, show, workers=workers, **cluster) if on_dask else _write(plan, out, pool, show)
 
-    if kind == "images":
-        plan = plan_images(source, opts, plan_digest)
-        _check_plan(plan, out, src)
-        # On Dask the shards are written by the cluster; locally a worker takes a whole shard,
-        # or a chunk of one when there are fewer shards than workers.
-        tasks = plan.num_shards if workers <= plan.num_shards else _chunk_count(plan)
-        with WorkerPool(1 if on_dask else min(workers, tasks)) as pool:
-            return plan, write(plan, pool)
-    tasks = scan_ranges(source, opts.tokens_field, opts.label_field, workers)
-    with WorkerPool(min(workers, len(tasks))) as pool:
-        plan = _plan_sequences(source, tasks, opts, plan_digest, pool, show)
-        _check_plan(plan, out, src)
-        return plan, write(plan, pool)
+def _make_plan(kind: InputKind, listed: Listed, scans: list, opts: ConvertOptions, plan_digest: str,
+               pool: WorkerPool | None, show: bool) -> Plan:
+    """Pass 1's tasks run by ``pool`` (a bar over the bytes they read), then the kind's plan."""
+    results = []
+    if scans:
+        with progress_bar(show, sum(t.nbytes for t in scans), "B", "scanning") as bar:
+            for result in pool.map(scans):
+                results.append(result)
+                bar.update(scans[len(results) - 1].nbytes)
+    return kind.plan(listed, results, opts, plan_digest)
 
 
-def _check_plan(plan: Plan, out: Destination, src: str) -> None:
+def _check_plan(plan: Plan, out: Destination, src, kind: InputKind) -> None:
     if plan.options.strict and plan.skipped:
         _fail_strict(out, plan.skipped)
     if not len(plan.order):
-        _fail_empty(out, src, plan.kind, plan.skipped)
+        _fail_empty(out, src, kind, plan.skipped)
 
 
 def _chunk_count(plan: Plan) -> int:
     return sum(len(execute.shard_tasks(plan, i)) for i in range(plan.num_shards))
 
 
-def _report_ignored(src: str, kind: str, ignored: list[str]) -> None:
+def _report_ignored(src, kind: InputKind, ignored: list[str]) -> None:
     if ignored:
-        what = "no image by their extension" if kind == "images" else "no .jsonl or .txt file"
         shown = ", ".join(ignored[:STRICT_SHOWN]) + (", ..." if len(ignored) > STRICT_SHOWN else "")
-        log.warning("%s: ignored %d files that are %s (converting it as %s): %s", src, len(ignored), what, kind, shown)
+        log.warning("%s: ignored %d files that are %s (converting it as %s): %s", _name(src), len(ignored),
+                    kind.reads, kind.name, shown)
+
+
+def _name(src) -> str:
+    return src if isinstance(src, str) else f"{src[0]} (and {len(src) - 1} more)"
 
 
 def _local_if_file_url(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path
-
-
-def _refuse_dst_inside_src(src: str, dst: str, kind: str) -> None:
-    if kind == "images" and not is_url(src) and not is_url(dst):
-        s, d = os.path.realpath(src), os.path.realpath(dst)
-        if d == s or d.startswith(s.rstrip(os.sep) + os.sep):
-            raise DestinationError(f"the destination {dst} is inside the ImageFolder tree {src}: it would "
-                                   f"become a class of the next conversion; choose a directory outside it")
 
 
 def manifest_digest(text: str) -> str | None:
@@ -228,10 +262,21 @@ def _check_destination(out: Destination, plan_digest: str, kind: str, opts: Conv
     return None
 
 
+def where(entry: dict[str, Any]) -> str:
+    """Where a skipped entry is, for a message: ``file:line``, ``file row N``, ``shard member X``."""
+    text = str(entry["path"])
+    if entry.get("line"):
+        text += f":{entry['line']}"
+    if entry.get("row") is not None:
+        text += f" row {entry['row']}"
+    if entry.get("member"):
+        text += f" member {entry['member']}"
+    return text
+
+
 def _shown(skipped: list[dict[str, Any]]) -> str:
     entries = sorted(skipped, key=skip_sort_key)
-    shown = "; ".join(f"{e['path']}{':' + str(e['line']) if e.get('line') else ''}: {e['reason']}"
-                      for e in entries[:STRICT_SHOWN])
+    shown = "; ".join(f"{where(e)}: {e['reason']}" for e in entries[:STRICT_SHOWN])
     return shown + (f" (and {len(entries) - STRICT_SHOWN} more)" if len(entries) > STRICT_SHOWN else "")
 
 
@@ -240,22 +285,12 @@ def _fail_strict(out: Destination, skipped: list[dict[str, Any]]) -> None:
     raise SourceError(f"strict: {len(skipped)} input(s) cannot be converted: {_shown(skipped)}")
 
 
-def _fail_empty(out: Destination, src: str, kind: str, skipped: list[dict[str, Any]]) -> None:
+def _fail_empty(out: Destination, src, kind: InputKind, skipped: list[dict[str, Any]]) -> None:
     """A conversion that keeps no sample is an error, not an empty dataset."""
     out.clear()
     reasons = f": {len(skipped)} input(s) skipped: {_shown(skipped)}" if skipped else ""
-    raise SourceError(f"found no sample to convert in {src} (read as {kind}){reasons}; no manifest was written")
-
-
-def _plan_sequences(source, tasks: list[ScanRange], opts: ConvertOptions, plan_digest: str, pool: WorkerPool,
-                    show: bool) -> Plan:
-    results = []
-    with progress_bar(show, sum(f.size for f in source.files), "B", "scanning") as bar:
-        for result in pool.map(tasks):
-            results.append(result)
-            bar.update(tasks[len(results) - 1].end - tasks[len(results) - 1].start)
-    table, skipped = merge_scans(source, results)
-    return plan_sequences(table, opts, plan_digest, list(source.skipped) + skipped)
+    raise SourceError(f"found no sample to convert in {_name(src)} (read as {kind.name}){reasons}; no manifest "
+                      f"was written{kind.empty_hint}")
 
 
 def _finished(plan: Plan, out: Destination) -> tuple[list[ShardRecord | None], list[int]]:
@@ -296,26 +331,3 @@ def _write_on_dask(plan: Plan, out: Destination, show: bool, **cluster: Any) -> 
             _fail_strict(out, record.skipped)
         records[index] = record
     return records
-
-
-def _manifest(plan: Plan, records: list[ShardRecord]) -> Manifest:
-    skipped = list(plan.skipped) + [e for r in records for e in r.skipped]
-    shards = [ShardInfo(r.name, r.samples, r.bytes, r.sha256, r.stamp, r.index) for r in records]
-    if plan.kind == "images":
-        return Manifest(kind="images", schema=Schema.images(), shards=shards, params=plan.options.as_params(),
-                        skipped=sorted(skipped, key=skip_sort_key), classes=list(plan.images.classes))
-    table = plan.sequences
-    ordered = table.ntokens[plan.order]
-    shards = [dataclasses.replace(s, tokens=int(ordered[plan.shard_starts[i]:plan.shard_starts[i + 1]].sum()))
-              for i, s in enumerate(shards)]
-    manifest = Manifest(kind="sequences", schema=Schema.sequences(table.dtype.name), shards=shards,
-                        params=plan.options.as_params(), skipped=sorted(skipped, key=skip_sort_key))
-    lengths = table.ntokens
-    stats = {"min": 0, "max": 0, "mean": 0.0, "median": 0.0, "p99": 0.0}
-    if len(lengths):
-        stats = {"min": int(lengths.min()), "max": int(lengths.max()), "mean": round(float(lengths.mean()), 3),
-                 "median": round(float(np.median(lengths)), 3), "p99": round(float(np.percentile(lengths, 99)), 3)}
-    manifest.sequences = {"dtype": table.dtype.name, "tokens": int(lengths.sum()), "has_labels": table.has_labels,
-                          "tokens_field": plan.options.tokens_field, "label_field": plan.options.label_field,
-                          "length": stats}
-    return manifest

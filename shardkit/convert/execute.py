@@ -1,13 +1,13 @@
 """Executing a plan: shards split into chunk tasks, run by a process pool, written in plan order.
 
-A chunk task is a picklable callable (:class:`~.images.ImageChunk`, :class:`~.sequences.BlockChunk`)
-that returns the tar members of some consecutive positions of one shard; a shard's members are
+A chunk task is a picklable callable (:class:`~.images.ImageChunk`, :class:`~.sequences.BlockChunk`,
+each kind's, from :meth:`~.kinds.base.InputKind.shard_tasks`) that returns the tar members of some consecutive positions of one shard; a shard's members are
 its chunks' members in order, whoever runs them, so the bytes written never depend on how many
 workers there are. Two ways to run them:
 
 - whole shards, one :class:`ShardTask` per worker process, which writes and publishes its shard
-  and sends back only the record (used for images when there are at least as many shards as
-  workers: no image bytes cross processes and the main process stays idle, which measured
+  and sends back only the record (used for kinds of large independent inputs, images, when there
+  are at least as many shards as workers: no image bytes cross processes and the main process stays idle, which measured
   0.50 → 0.7x of the all-core decode rate on 2 cores);
 - chunks spread over the pool, written by this process in order (a dataset of fewer shards than
   workers still uses every core).
@@ -17,54 +17,21 @@ workers there are. Two ways to run them:
 
 from __future__ import annotations
 
-import functools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from ..format.manifest import shard_stamp
+from . import kinds
 from .images import ImageChunk
 from .output import ChunkResult, Destination, ShardRecord, ShardWriter
 from .plan import Plan
 from .pool import WorkerPool
-from .sequences import BlockChunk
-
-#: A chunk holds at most this many images, or this many source bytes (a shard of one chunk would
-#: leave the other cores idle; a larger chunk holds more memory per task in flight).
-CHUNK_IMAGES = 32
-CHUNK_BYTES = 16 << 20
-
 
 def shard_tasks(plan: Plan, index: int) -> list[Callable[[], ChunkResult]]:
-    """The chunk tasks of shard ``index``, in order; their members concatenated are the shard."""
-    if plan.kind == "images":
-        src, opts = plan.images, plan.options
-        chunk = functools.partial(ImageChunk, src.root, validate=opts.validate, resize=opts.resize,
-                                  quality=opts.quality, storage_options=src.storage_options)
-        tasks, items, size = [], [], 0
-        for position in plan.shard_positions(index):
-            item = src.items[plan.order[position]]
-            if items and (len(items) == CHUNK_IMAGES or size + item.size > CHUNK_BYTES):
-                tasks.append(chunk(items=tuple(items)))
-                items, size = [], 0
-            items.append((position, item.path, item.label, src.classes[item.label]))
-            size += item.size
-        tasks.append(chunk(items=tuple(items)))
-        return tasks
-    table, opts = plan.sequences, plan.options
-    tasks = []
-    for start, end in plan.shard_blocks(index):
-        rows = plan.order[start:end]
-        used, local = np.unique(table.file[rows], return_inverse=True)  # send only the files it reads
-        files = tuple((table.source.files[i].path, table.source.files[i].fmt) for i in used)
-        block = (start, local.astype(np.int32), table.offset[rows], table.nbytes[rows], table.ntokens[rows],
-                 table.labels[rows] if table.has_labels else None)
-        tasks.append(BlockChunk(table.source.root, files, (block,), table.dtype.name, opts.tokens_field,
-                                opts.label_field))
-    return tasks
+    """The chunk tasks of shard ``index``, in order (its kind's); their members concatenated are the shard."""
+    return kinds.get(plan.kind).shard_tasks(plan, index)
 
 
 def write_shard(plan: Plan, index: int, dst: Destination) -> ShardRecord:
@@ -120,7 +87,7 @@ def run_shards(plan: Plan, dst: Destination, todo: list[int], pool: WorkerPool,
     ``on_chunk`` sees every chunk result written here (progress, strict checks) before it is
     written; ``on_shard`` sees the record of each shard written whole by a worker.
     """
-    if plan.kind == "images" and not plan.options.strict and 1 < pool.workers <= len(todo):
+    if kinds.get(plan.kind).whole_shards and not plan.options.strict and 1 < pool.workers <= len(todo):
         tasks = (ShardTask(dst.path, dst.storage_options, index, shard_stamp(plan.stamps or plan.digest, index),
                            tuple(shard_tasks(plan, index))) for index in todo)
         for index, record in zip(todo, pool.map(tasks, window=2 * pool.workers)):

@@ -52,7 +52,13 @@ class ConvertOptions:
     validate: ``"full"`` decodes every image once (catches truncated files); ``"header"`` only
         opens it, for data already known good.
     strict: any skipped input is an error instead of an entry in the manifest's ``skipped``.
-    tokens_field, label_field: JSONL field names.
+    tokens_field, label_field: JSONL field names; ``label_field`` is also the label column of a
+        table (its integers are stored as ``cls``) or of tabular features.
+    image_field: the table column holding image paths or URLs.
+    fields: the table columns to keep (default: all), or the feature columns of a tabular CSV or
+        Parquet file (default: every numeric column but the label).
+    features_field: the array of a ``.npz`` holding the features.
+    allow_nan: keep tabular rows holding NaN or infinity (skipped and reported by default).
     """
 
     seed: int = 0
@@ -65,6 +71,10 @@ class ConvertOptions:
     strict: bool = False
     tokens_field: str = "tokens"
     label_field: str = "label"
+    image_field: str | None = None
+    fields: tuple[str, ...] | None = None
+    features_field: str = "features"
+    allow_nan: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_shard_size", parse_size(self.max_shard_size))
@@ -82,10 +92,20 @@ class ConvertOptions:
             raise ValueError(f"quality must be in 1..100, not {self.quality}")
         if self.validate not in ("full", "header"):
             raise ValueError(f"validate must be 'full' or 'header', not {self.validate!r}")
-        for name in ("shuffle", "strict"):
+        for name in ("shuffle", "strict", "allow_nan"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool")
-        for name in ("tokens_field", "label_field"):
+        if self.fields is not None:
+            fields = (self.fields.split(",") if isinstance(self.fields, str) else self.fields)
+            if not all(isinstance(f, str) for f in fields):
+                raise TypeError("fields must be column names (strings)")
+            fields = tuple(f.strip() for f in fields)
+            if not fields or not all(fields) or len(set(fields)) != len(fields):
+                raise ValueError(f"fields must be distinct, non-empty column names, not {self.fields!r}")
+            object.__setattr__(self, "fields", fields)
+        if self.image_field is not None and (not isinstance(self.image_field, str) or not self.image_field):
+            raise ValueError(f"image_field must be a non-empty column name, not {self.image_field!r}")
+        for name in ("tokens_field", "label_field", "features_field"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} must be a string, not {type(getattr(self, name)).__name__}")
             if not getattr(self, name):
@@ -106,4 +126,18 @@ class ConvertOptions:
         return cls(**options)
 
     def as_params(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The options as a dict (the manifest's ``params``, what the digest covers). The options
+        added with tables and arrays appear only when set: the digests, stamps and manifests of
+        the conversions that do not use them stay what earlier versions wrote."""
+        params = dataclasses.asdict(self)
+        for name in _LATER:
+            if params[name] == _DEFAULTS[name]:
+                del params[name]
+        if params.get("fields") is not None:
+            params["fields"] = list(params["fields"])
+        return params
+
+
+#: Options added after the first version (see :meth:`ConvertOptions.as_params`).
+_LATER = ("image_field", "fields", "features_field", "allow_nan")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ConvertOptions)}

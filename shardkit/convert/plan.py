@@ -50,8 +50,8 @@ class SequenceTable:
 @dataclass
 class Plan:
     """What to write: ``order[p]`` is the source record at position ``p``; shard ``i`` holds
-    positions ``shard_starts[i]:shard_starts[i+1]``; for sequences, ``block_starts`` are the
-    positions where token blocks begin (every shard start is one)."""
+    positions ``shard_starts[i]:shard_starts[i+1]``; for kinds stored in blocks, ``block_starts``
+    are the positions where blocks begin (every shard start is one)."""
 
     kind: str
     options: ConvertOptions
@@ -59,11 +59,19 @@ class Plan:
     order: np.ndarray
     shard_starts: np.ndarray
     skipped: list[dict[str, Any]]
-    images: ImageSource | None = None
-    sequences: SequenceTable | None = None
+    #: what the kind's shard tasks read: its listed (and scanned) source
+    source: Any = None
     block_starts: np.ndarray | None = None
     #: what the shards' stamps derive from (:func:`content_digest`; the digest when not set)
     stamps: str = ""
+
+    @property
+    def images(self) -> ImageSource:
+        return self.source
+
+    @property
+    def sequences(self) -> SequenceTable:
+        return self.source
 
     @property
     def num_shards(self) -> int:
@@ -133,7 +141,7 @@ def plan_images(source: ImageSource, options: ConvertOptions, digest_: str) -> P
         image_meta(item.path, item.label, source.classes[item.label]), META_FIELD)))) for item in source.items],
         dtype=np.int64)
     starts = cut(per_sample[order] if len(order) else per_sample, options.max_shard_size, options.max_shard_samples)
-    return Plan("images", options, digest_, order, starts, list(source.skipped), images=source,
+    return Plan("images", options, digest_, order, starts, list(source.skipped), source=source,
                 stamps=content_digest("images", options, source.listing()))
 
 
@@ -179,5 +187,5 @@ def plan_sequences(table: SequenceTable, options: ConvertOptions, digest_: str,
     if n:
         shard_starts.append(n)
     return Plan("sequences", options, digest_, order, np.array(shard_starts, dtype=np.int64), skipped,
-                sequences=table, block_starts=np.array(block_starts, dtype=np.int64),
+                source=table, block_starts=np.array(block_starts, dtype=np.int64),
                 stamps=content_digest("sequences", options, table.source.listing()))

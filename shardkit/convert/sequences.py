@@ -50,6 +50,11 @@ class ScanRange:
     tokens_field: str
     label_field: str
 
+    @property
+    def nbytes(self) -> int:
+        """Source bytes it reads (the progress bar's unit)."""
+        return self.end - self.start
+
     def __call__(self) -> ScanResult:
         offsets, nbytes, ntokens, labels, skipped = [], [], [], [], []
         has_labels, max_id, line_no = False, 0, 0

@@ -11,26 +11,31 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import heapq
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from ..errors import SourceError
 from ..format.tar import DEFAULT_MAX_MEMBER_SIZE
 from ..storage import FileEntry, is_url, list_files
-from .lines import RecordError, is_blank, parse_line, parse_txt
+from .lines import RecordError, is_blank, parse_line
 from .names import Walker, dir_key, record_name, relative
 
-__all__ = ["IMG_EXTENSIONS", "ImageItem", "ImageSource", "RecordError", "SequenceFile", "SequenceSource",
-           "detect_kind", "file_stamp", "is_blank", "list_images", "list_sequences", "parse_line", "skip_entry",
-           "skip_sort_key"]
+__all__ = ["IMG_EXTENSIONS", "DataFile", "DataSource", "ImageItem", "ImageSource", "RecordError", "SequenceFile",
+           "SequenceSource", "detect_kind", "file_format", "file_stamp", "has_file_extension", "is_blank",
+           "list_data_files", "list_images", "list_sequences", "parse_line", "skip_entry", "skip_sort_key"]
 
 #: ``torchvision.datasets.folder.IMG_EXTENSIONS`` (a test checks they stay equal).
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 #: Sequence file formats by extension.
 SEQUENCE_FORMATS = {".jsonl": "jsonl", ".txt": "txt"}
+#: Table formats by extension (rows of named columns: the table and tabular kinds).
+TABLE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
+#: Array formats (tabular features: a ``.npz`` of named arrays, or a ``.npy`` with its labels beside).
+ARRAY_FORMATS = {".npy": "npy", ".npz": "npz"}
+#: webdataset shards.
+TAR_FORMATS = {".tar": "tar"}
 #: Files up to this size are hashed into the plan's digest, whatever their modification time says
 #: (hashing one costs about what listing it does); ``checksum_sources`` hashes every file.
 HASHED_SIZE = 4096
@@ -38,16 +43,25 @@ _GLOB_CHARS = frozenset("*?[")
 #: How many names a message shows.
 _SHOWN = 3
 
-Kind = Literal["images", "sequences"]
-
-
-def skip_entry(path: str, reason: str, line: int | None = None) -> dict[str, Any]:
-    """One entry of the manifest's ``skipped``: ``{path, line (sequences), reason}``."""
-    return {"path": path, "line": line, "reason": reason} if line is not None else {"path": path, "reason": reason}
+def skip_entry(path: str, reason: str, line: int | None = None, *, row: int | None = None,
+               member: str | None = None) -> dict[str, Any]:
+    """One entry of the manifest's ``skipped``: ``{path, line (text files: 1-based, as an editor
+    shows it), row (arrays and Parquet: 0-based, as NumPy and pandas index it), member (tars),
+    reason}``; only the keys that apply."""
+    entry: dict[str, Any] = {"path": path}
+    if line is not None:
+        entry["line"] = line
+    if row is not None:
+        entry["row"] = row
+    if member is not None:
+        entry["member"] = member
+    entry["reason"] = reason
+    return entry
 
 
 def skip_sort_key(entry: dict[str, Any]) -> tuple:
-    return entry["path"], entry.get("line") or 0, entry["reason"]
+    return (entry["path"], entry.get("line") or 0, entry.get("row") if entry.get("row") is not None else -1,
+            entry.get("member") or "", entry["reason"])
 
 
 def _examples(names: list[str]) -> str:
@@ -219,25 +233,30 @@ def _list_remote_images(root: str, files: list[FileEntry], storage_options: dict
     return ImageSource(root, [record_name(c) for c in classes], items, skipped, storage_options, sorted(ignored))
 
 
-# --- sequence files ---------------------------------------------------------------------------
+# --- data files: sequences, tables, arrays, tars --------------------------------------------------
 
 @dataclass(frozen=True)
-class SequenceFile:
-    """One listed sequence file: recorded path relative to the source root, format, size, stamp."""
+class DataFile:
+    """One listed data file: recorded path relative to the source root, format (by its extension),
+    size, stamp (:func:`file_stamp`)."""
 
     path: str
-    fmt: str   # "jsonl" or "txt"
+    fmt: str
     size: int
     stamp: str = ""
 
 
+#: A sequence file is a data file of format "jsonl" or "txt".
+SequenceFile = DataFile
+
+
 @dataclass
-class SequenceSource:
-    """Sequence files as listed; ``skipped``: directory links not followed again; ``ignored``:
-    the files that are no sequence file by their extension."""
+class DataSource:
+    """Data files as listed; ``skipped``: directory links not followed again; ``ignored``: the
+    files that are not of the formats read, by their extension."""
 
     root: str
-    files: list[SequenceFile]
+    files: list[DataFile]
     skipped: list[dict[str, Any]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
 
@@ -245,11 +264,19 @@ class SequenceSource:
         return [(f.path, f.size, f.stamp) for f in self.files]
 
 
+SequenceSource = DataSource
+
+
+def file_format(name: str | bytes, formats: dict[str, str]) -> str | None:
+    """The format of a file by its extension among ``formats`` (``{".jsonl": "jsonl", ...}``), or None."""
+    return formats.get(os.path.splitext(os.fsdecode(name))[1].lower())
+
+
 def sequence_format(name: str | bytes) -> str | None:
-    return SEQUENCE_FORMATS.get(os.path.splitext(os.fsdecode(name))[1].lower())
+    return file_format(name, SEQUENCE_FORMATS)
 
 
-def _sequence_file(path: str, root: str, checksum: bool) -> SequenceFile:
+def _data_file(path: str, root: str, checksum: bool, formats: dict[str, str], what: str) -> DataFile:
     """Check that ``path`` can be read (never blocking on a FIFO) and stamp it.
 
     Raises:
@@ -259,30 +286,30 @@ def _sequence_file(path: str, root: str, checksum: bool) -> SequenceFile:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as err:
-        raise SourceError(f"cannot read the sequence file {rel} in {root}: {err.strerror or err}; fix its "
+        raise SourceError(f"cannot read the {what} file {rel} in {root}: {err.strerror or err}; fix its "
                           f"permissions, or choose a SRC without it") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise SourceError(f"the sequence file {rel} in {root} is not a regular file")
+            raise SourceError(f"the {what} file {rel} in {root} is not a regular file")
         stamp = str(st.st_mtime_ns)
         if checksum or st.st_size <= HASHED_SIZE:
             stamp += ":" + _sha256_of(fd)
     except OSError as err:
-        raise SourceError(f"cannot read the sequence file {rel} in {root}: {err.strerror or err}") from None
+        raise SourceError(f"cannot read the {what} file {rel} in {root}: {err.strerror or err}") from None
     finally:
         os.close(fd)
-    return SequenceFile(rel, sequence_format(path), st.st_size, stamp)
+    return DataFile(rel, file_format(path, formats), st.st_size, stamp)
 
 
-def list_sequences(src: str, *, checksum: bool = False) -> SequenceSource:
-    """The sequence files of ``src``: one file, every ``.jsonl``/``.txt`` under a directory
-    (recursively, each directory once), or the matches of a glob; sorted by path, each checked to
-    be readable and stamped (``checksum``: hashed).
+def list_data_files(src: str, formats: dict[str, str], what: str, *, checksum: bool = False) -> DataSource:
+    """The ``what`` files of ``src`` (those whose extension is in ``formats``): one file, every
+    such file under a directory (recursively, each directory once), or the matches of a glob;
+    sorted by path, each checked to be readable and stamped (``checksum``: hashed).
 
     Raises:
-        SourceError: nothing matches, a named file is not ``.jsonl``/``.txt``, or a file or
-            directory under ``src`` cannot be read (its records would be lost).
+        SourceError: nothing matches, a named file is not of ``formats``, or a file or directory
+            under ``src`` cannot be read (its records would be lost).
     """
     ignored: list[str] = []
     skipped: list[dict[str, Any]] = []
@@ -293,7 +320,7 @@ def list_sequences(src: str, *, checksum: bool = False) -> SequenceSource:
         root = base or "."
         paths = []
         for p in glob.glob(src, recursive=True):
-            if sequence_format(p) and not os.path.isdir(p):
+            if file_format(p, formats) and not os.path.isdir(p):
                 paths.append(p)
             elif not os.path.isdir(p):
                 ignored.append(relative(p, root))
@@ -303,120 +330,35 @@ def list_sequences(src: str, *, checksum: bool = False) -> SequenceSource:
         paths = []
         for folder, names in walker.walk(src):
             for name in names:
-                (paths if sequence_format(name) else ignored).append(os.path.join(folder, name))
+                (paths if file_format(name, formats) else ignored).append(os.path.join(folder, name))
         ignored = [relative(p, root) for p in ignored]
         if walker.errors:
             err = walker.errors[0]
             more = f" (and {len(walker.errors) - 1} more)" if len(walker.errors) > 1 else ""
             raise SourceError(f"cannot list the directory {relative(err.filename or src, src)} in {src}: "
-                              f"{err.strerror or err}{more}; the sequence files in it would be lost: fix its "
+                              f"{err.strerror or err}{more}; the {what} files in it would be lost: fix its "
                               f"permissions, or choose a SRC without it")
         skipped = _walk_reasons(walker, root)
     elif os.path.isfile(src):
-        if not sequence_format(src):
-            raise SourceError(f"{src}: sequence files must end in {' or '.join(SEQUENCE_FORMATS)}")
+        if not file_format(src, formats):
+            raise SourceError(f"{src}: {what} files must end in {' or '.join(formats)}")
         root, paths = os.path.dirname(src) or ".", [src]
     else:
         raise SourceError(f"{src}: no such file or directory")
-    files = [_sequence_file(path, root, checksum) for path in sorted(paths, key=lambda p: relative(p, root))]
+    files = [_data_file(path, root, checksum, formats, what) for path in sorted(paths, key=lambda p: relative(p, root))]
     if not files:
         found = f"; found only {len(ignored)} other files ({_examples(sorted(ignored))})" if ignored else ""
-        raise SourceError(f"{src}: found no sequence file ({', '.join(SEQUENCE_FORMATS)}){found}")
-    return SequenceSource(root, files, skipped, sorted(ignored))
+        raise SourceError(f"{src}: found no {what} file ({', '.join(formats)}){found}")
+    return DataSource(root, files, skipped, sorted(ignored))
 
 
-# --- which kind ---------------------------------------------------------------------------------
-
-def _holds_token_ids(path: str) -> bool:
-    """Whether the first non-blank line of a ``.txt`` file is whitespace-separated token ids (a
-    README or a list of class names beside an ImageFolder tree is not)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return True  # unreadable: listing it as sequences will say so, rather than pass it over
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
-        head = os.read(fd, 64 << 10)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    for line in head.splitlines():
-        if not is_blank(line):
-            try:
-                parse_txt(line)
-            except RecordError:
-                return False
-            return True
-    return False
-
-
-def _decide(src: str, images: list[str], sequences: list[str], classes: int, others: list[str],
-            name=lambda path: path) -> Kind:
-    """The kind, from the files of each kind found (``name`` turns one into what a message shows)."""
-    def shown(paths: list[str]) -> str:  # the first few in sorted order, named only those
-        return _examples([name(p) for p in heapq.nsmallest(_SHOWN + 1, paths)])
-
-    if images and sequences:
-        raise SourceError(
-            f"{src} holds both an ImageFolder tree ({len(images)} image files in {classes} class folders: "
-            f"{shown(images)}) and {len(sequences)} sequence files ({shown(sequences)}); pass --kind "
-            f"images or --kind sequences (kind=...) to say which to convert: the other files are left out")
-    if images:
-        return "images"
-    if sequences:
-        return "sequences"
-    found = (f"found {len(others)} other files ({shown(others)}; a .txt file counts only when its first line "
-             f"is token ids)" if others else "found no file")
-    raise SourceError(f"{src} holds neither an ImageFolder tree (class folders of {', '.join(IMG_EXTENSIONS)} "
-                      f"files) nor sequence files (.jsonl, or .txt of token ids): {found}; pass --kind to say which")
-
-
-def detect_kind(src: str, storage_options: dict[str, Any] | None = None, *,
-                remote_files: list[FileEntry] | None = None) -> Kind:
-    """``"images"`` for an ImageFolder tree (class folders holding image files), ``"sequences"``
-    for a ``.jsonl``/``.txt`` file, a glob, or a directory of sequence files (``.jsonl``, and
-    ``.txt`` files whose first line is token ids). ``remote_files``: the
-    :func:`~shardkit.storage.list_files` listing of a URL, when already made.
+def list_sequences(src: str, *, checksum: bool = False) -> DataSource:
+    """The sequence files of ``src`` (:func:`list_data_files` of ``.jsonl``/``.txt``).
 
     Raises:
-        SourceError: ``src`` does not exist, holds neither, or holds both (the message names what
-            it found and asks for ``--kind``).
+        SourceError: as :func:`list_data_files`.
     """
-    if is_url(src):
-        if sequence_format(src):
-            return "sequences"
-        files = remote_files if remote_files is not None else list_files(src, storage_options)
-        names = [record_name(entry.path) for entry in files]
-        images = [n for n in names if "/" in n and has_image_extension(n)]
-        # a .txt beside remote images is taken for a README: reading it would cost a request
-        sequences = [n for n in names if sequence_format(n) == "jsonl" or (not images and sequence_format(n))]
-        classes = len({n.split("/", 1)[0] for n in images})
-        if not images and not sequences:
-            raise SourceError(f"{src} holds neither an ImageFolder tree nor sequence files (or does not exist)")
-        return _decide(src, images, sequences, classes, [])
-    if _GLOB_CHARS & set(src) and not os.path.exists(src):
-        return "sequences"
-    if os.path.isfile(src):
-        return "sequences"
-    if not os.path.isdir(src):
-        raise SourceError(f"{src}: no such file or directory")
-    # Every file is looked at (a single .jsonl deep down makes the source ambiguous), so this loop
-    # stays cheap: names are made relative only for the few a message shows.
-    images, sequences, others, classes = [], [], [], set()
-    for folder, names in Walker({dir_key(src)}).walk(src):
-        in_class, before = folder != src, len(images)
-        for name in names:
-            path = os.path.join(folder, name)
-            if in_class and has_image_extension(name):
-                images.append(path)
-                continue
-            fmt = sequence_format(name)
-            if fmt == "jsonl" or (fmt == "txt" and _holds_token_ids(path)):
-                sequences.append(path)
-            else:
-                others.append(path)
-        if len(images) > before:  # this folder holds images: its class is one of the tree's
-            classes.add(os.path.relpath(folder, src).split(os.sep, 1)[0])
-    return _decide(src, images, sequences, len(classes), others, name=lambda path: relative(path, src))
+    return list_data_files(src, SEQUENCE_FORMATS, "sequence", checksum=checksum)
+
+
+from .detect import detect_kind, has_file_extension  # noqa: E402 (after what it imports from here)

@@ -191,8 +191,22 @@ class TabularView(View):
     def __call__(self, raw: BlockItem, shard: str) -> Any:
         block, i = raw.block, raw.index
         row = block.arrays["features"][i]
-        features = torch.from_numpy(row.astype(np.float32)) if self.decode is not False else row.copy()
-        return features, block.as_list("label")[i]
+        if self.decode is False:
+            return row.copy(), block.as_list("label")[i]
+        # the tutorial's TabularDataset returns torch.tensor(X[i], dtype=torch.float32),
+        # torch.tensor(y[i], dtype=torch.long): a 0-d int64 tensor, which default_collate stacks
+        return torch.from_numpy(row.astype(np.float32)), torch.tensor(block.as_list("label")[i], dtype=torch.int64)
+
+    def many(self, raws: Sequence[BlockItem], shard: str) -> list:
+        if self.decode is False:
+            return [self(raw, shard) for raw in raws]
+        out, last, from_numpy, tensor, int64 = [], None, torch.from_numpy, torch.tensor, torch.int64
+        for block, i, _ in raws:
+            if block is not last:  # the block's float32 rows (the layout fixes the dtype), a copy per sample
+                last, features, labels = block, from_numpy(block.arrays["features"]), \
+                    block.as_list("label")
+            out.append((features[i].clone(), tensor(labels[i], dtype=int64)))
+        return out
 
     def fast_collate(self, collate: Callable) -> Callable[[Sequence[BlockGroup]], Any] | None:
         return self._rows if collate is row_collate and self.decode is not False and not self.random else None
@@ -201,6 +215,10 @@ class TabularView(View):
     def _rows(groups: Sequence[BlockGroup]) -> tuple[torch.Tensor, torch.Tensor]:
         """``row_collate``'s ``(features B×F, labels B)``, gathered from the blocks with NumPy
         fancy indexing: one copy per batch, not one tensor per row."""
+        if len(groups) == 1:  # the usual case: a batch inside one block
+            block, _, indices = groups[0]
+            return (torch.from_numpy(block.arrays["features"][indices]),
+                    torch.from_numpy(block.arrays["label"][indices].astype(np.int64)))
         n = sum(len(rows) for _, rows, _ in groups)
         features = np.empty((n, groups[0][0].arrays["features"].shape[1]), np.float32)
         labels = np.empty(n, np.int64)
