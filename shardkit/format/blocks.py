@@ -110,6 +110,16 @@ class BlockLayout:
     def fields(self) -> tuple[str, ...]:
         return tuple(c.field for c in self.columns)
 
+    def fixed_sample_bytes(self) -> int | None:
+        """Bytes of one sample in a batch (rows as float32, scalars as int64), or None when a
+        ragged column makes it vary."""
+        total = 0
+        for column in self.columns:
+            if column.kind == "ragged":
+                return None
+            total += 4 * (column.width or 1) if column.kind == "rows" else 8
+        return total
+
     # -- writing ----------------------------------------------------------------------------
     def members(self, key: str, values: dict[str, np.ndarray], lengths: np.ndarray | None = None) -> list[tuple[str, bytes]]:
         """The ``(name, bytes)`` members of one block. ``values[field]`` holds each column (ragged:

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as F
 
 from ..errors import ShardError
 from .crop import Box, RandomResizedCropDecode
@@ -180,6 +179,8 @@ def decode_crop_batch(batch: EncodedCropBatch, device: str | torch.device) -> to
         ShardError: an image cannot be decoded, or decodes to a size other than its header's;
             the message names its shard and member.
     """
+    from torchvision.transforms.v2 import functional as F  # (see crop._torchvision_later)
+
     device = torch.device(device)
     meta = batch.meta.tolist()
     items = [batch.data[row[_START]:row[_END]] for row in meta]

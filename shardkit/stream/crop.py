@@ -37,13 +37,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as F
 
 from ..errors import ShardError
 from .decode import JpegFrame, _check_pixels, decode_image, jpeg_frame
 
 if TYPE_CHECKING:  # pragma: no cover
     from .batch_decode import DeferredCropDecode
+
+# _torchvision_later: torchvision is imported where it resizes, not with this module: importing
+# it takes 1.9 s (it loads torch._dynamo), which datasets of tokens or rows, whose loaders import
+# this module through the collate functions, would pay for nothing.
 
 Box = tuple[int, int, int, int]  #: (top, left, height, width) in the full-size image, as torchvision's
 
@@ -170,6 +173,8 @@ class RandomResizedCropDecode:
     def resized_crop(self, image: torch.Tensor, box: Box) -> torch.Tensor:
         """``box`` of a decoded ``image`` resized to ``size`` (bilinear, antialiased), as the
         torchvision transform does."""
+        from torchvision.transforms.v2 import functional as F  # (see _torchvision_later)
+
         return F.resized_crop(image, *box, list(self.size), antialias=True)
 
 
@@ -224,4 +229,6 @@ def decode_jpeg_crop(data: bytes, frame: JpegFrame, box: Box, size: tuple[int, i
         pixels = np.array(crop)  # a writable copy: torch warns about read-only arrays
     except _PIL_ERRORS:
         return None
+    from torchvision.transforms.v2 import functional as F  # (see _torchvision_later)
+
     return F.resize(torch.from_numpy(pixels).permute(2, 0, 1), list(size), antialias=True)

@@ -127,20 +127,33 @@ def epoch_segments(counts: Sequence[int], *, seed: int, epoch: int, shuffle: boo
     return out
 
 
+class Entries:
+    """The entries of ``segments`` concatenated, cut by position; the prefix sums are made once,
+    so cutting a batch costs a bisection, not a pass over every segment (a worker holds about
+    one segment per ``shuffle_buffer`` samples: 500 for a million rows)."""
+
+    def __init__(self, segments: Sequence[Segment]) -> None:
+        self.segments = segments
+        self.starts = list(itertools.accumulate((s.count for s in segments), initial=0))
+        self.total = self.starts[-1]
+
+    def take(self, begin: int, end: int) -> list[Segment]:
+        """Entries ``begin..end``; positions past the total wrap to the start (padding: marked ``pad``)."""
+        segments, starts, total = self.segments, self.starts, self.total
+        out: list[Segment] = []
+        while begin < end:
+            at = begin % total
+            i = bisect.bisect_right(starts, at) - 1
+            n = min(starts[i + 1] - at, end - begin)
+            piece = segments[i].cut(at - starts[i], at - starts[i] + n)
+            out.append(piece._replace(pad=piece.pad or begin >= total))
+            begin += n
+        return out
+
+
 def take(segments: Sequence[Segment], begin: int, end: int) -> list[Segment]:
-    """Entries ``begin..end`` of the concatenated segments; positions past their total wrap to
-    the start (padding: marked ``pad``)."""
-    total = sum(s.count for s in segments)
-    starts = list(itertools.accumulate((s.count for s in segments), initial=0))
-    out: list[Segment] = []
-    while begin < end:
-        at = begin % total
-        i = bisect.bisect_right(starts, at) - 1
-        n = min(starts[i + 1] - at, end - begin)
-        piece = segments[i].cut(at - starts[i], at - starts[i] + n)
-        out.append(piece._replace(pad=piece.pad or begin >= total))
-        begin += n
-    return out
+    """Entries ``begin..end`` of the concatenated segments (see :meth:`Entries.take`)."""
+    return Entries(segments).take(begin, end)
 
 
 def spans(segments: Iterable[Segment], span: int, seed: int, shuffle: bool) -> list[Segment]:

@@ -31,10 +31,11 @@ from torch.utils.data import default_collate
 
 #: Segments each worker keeps: the requests DataLoader keeps in flight per worker (its
 #: ``prefetch_factor``, 2 by default), the batch the consumer holds, and the one ``DeviceLoader``
-#: prepares ahead, plus one spare.
-SLOTS = 6
-#: Smaller tensors are not worth a lease (the saving is in the pages of large ones).
-MIN_BYTES = 1 << 20
+#: prepares ahead. (Kept small: they stay in /dev/shm, which containers often limit to 64 MB.)
+SLOTS = 4
+#: Smaller tensors are not worth a lease (the saving is in the pages of large ones), larger ones
+#: would hold too much of /dev/shm.
+MIN_BYTES, MAX_BYTES = 1 << 20, 64 << 20
 
 
 class Lease(NamedTuple):
@@ -91,6 +92,8 @@ class SharedBatches:
         for d in shape:
             numel *= d
         nbytes = numel * dtype.itemsize
+        if nbytes > MAX_BYTES:
+            return None
         table = self.table
         for j, segment in enumerate(self._segments):
             slot = self._base + j
