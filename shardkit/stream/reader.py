@@ -269,7 +269,8 @@ class ShardReader:
     def _pull(self, cur: _Cursor, wanted: int) -> None:
         """Read the next group into ``cur.held`` (a group wholly before sample ``wanted`` is passed
         over, a block undecoded); at the end of the shard, mark it ended."""
-        ref, schema = self.source.shards[cur.shard], self.source.schema
+        ref = self.source.shards[cur.shard]
+        schema = ref.schema or self.source.schema  # (the sources of a mix may differ, in token dtype say)
         index = self._indexes.get(cur.shard)
         for group in cur.groups:
             first = cur.next_sample
@@ -291,7 +292,7 @@ class ShardReader:
                 if first + n <= wanted:  # passed over: nothing held, so a read of it opens the shard again
                     cur.held_first, cur.held, cur.next_sample = first + n, [], first + n
                     return
-                held = self._samples(group, ref.name)
+                held = self._samples(group, ref.name, schema)
             except ShardError as err:
                 n = expected or 0
                 self.errors.damaged(err)
@@ -302,8 +303,8 @@ class ShardReader:
         cur.held_first, cur.held = cur.next_sample, []
         self._finish_hash(cur)
 
-    def _samples(self, group: Group, shard: str) -> list[Raw]:
-        blocks = self.source.schema.blocks
+    def _samples(self, group: Group, shard: str, schema) -> list[Raw]:
+        blocks = schema.blocks
         if blocks is None:
             return [group]
         block = blocks.decode(group.fields, shard, group.key)

@@ -2,7 +2,8 @@
 transformed samples, with damaged ones replaced so that every rank still yields its count.
 
 A span (a shuffled segment) is read whole once and kept while its entries are handed out, so the
-consecutive batches drawn from it read it once; stored-order segments are read in chunks. Under
+consecutive batches drawn from it read it once (a mix, whose reader takes turns between its
+sources, keeps one span per source); stored-order segments are read in chunks. Under
 ``on_error="skip"`` a sample that cannot be read or decoded is replaced by a repeat of the last
 intact one (or, before any, of the next), and counted in the error log: DDP never waits on a rank
 that came up short.
@@ -10,6 +11,7 @@ that came up short.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -31,10 +33,12 @@ _GOLDEN = 0x9E3779B97F4A7C15
 class SampleStream:
     """Decoded samples of segments of ``source``, read by this process."""
 
-    def __init__(self, source: Source, opts: ReadOptions, view: View, seed: int, errors: ErrorLog) -> None:
+    def __init__(self, source: Source, opts: ReadOptions, view: View, seed: int, errors: ErrorLog,
+                 spans: int = 1) -> None:
         self.source, self.view, self.seed, self.errors = source, view, seed, errors
         self.reader = ShardReader(source, opts, errors)
-        self._span: tuple[tuple, list] | None = None  # (span identity, its raw samples)
+        self._spans: OrderedDict[tuple, list] = OrderedDict()  # span identity → its raw samples
+        self._held = max(spans, 1)
         self._checked: set[int] = set()
         self._last_good: tuple[Raw, int, int] | None = None  # (raw, shard, index) of the last intact sample
         self._owed = 0
@@ -49,7 +53,7 @@ class SampleStream:
 
     def close(self) -> None:
         self.reader.close()
-        self._span = None
+        self._spans.clear()
 
     # -- reading ------------------------------------------------------------------------------
     def raws(self, segments: Iterable[Segment]) -> Iterator[tuple[int, int, list[int], list[Raw | None]]]:
@@ -65,10 +69,14 @@ class SampleStream:
                     yield seg.pass_, seg.shard, range(a, b), self.reader.read(seg.shard, a, b)
                 continue
             key = seg[:5]
-            if self._span is None or self._span[0] != key:
-                self._span = None  # let the last one go before the next is read
-                self._span = (key, self.reader.read(seg.shard, seg.start, seg.stop))
-            held, start = self._span[1], seg.start
+            held = self._spans.get(key)
+            if held is None:
+                while len(self._spans) >= self._held:  # let the oldest go before the next is read
+                    self._spans.popitem(last=False)
+                held = self._spans[key] = self.reader.read(seg.shard, seg.start, seg.stop)
+            else:
+                self._spans.move_to_end(key)
+            start = seg.start
             indices = seg.indices().tolist()
             yield seg.pass_, seg.shard, indices, [held[j - start] for j in indices]
 
