@@ -214,9 +214,15 @@ def read_range(path: str | os.PathLike, start: int, end: int, storage_options: O
         raise ValueError(f"a byte range is 0 <= start <= end, not {start}..{end}")
     remote = _remote(path, storage_options)
     if remote is None:
-        with _open_local(path) as f:
-            # one system call, no read-ahead buffer: random reads pay only for what they ask
-            return os.pread(f.fileno(), end - start, start)
+        # a bare descriptor and one pread, no buffered file: random reads pay only for what they ask
+        fd = os.open(_local(path), os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise NotRegularFileError(os.fsdecode(path), _file_type(mode))
+            return os.pread(fd, end - start, start)
+        finally:
+            os.close(fd)
     return _run(remote, f"reading bytes {start}..{end}",
                 lambda fs, p, **kw: fs.cat_file(p, start=start, end=end, **kw), storage_options, retry)
 

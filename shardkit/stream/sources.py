@@ -6,6 +6,7 @@ they hold (for packing)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -276,20 +277,26 @@ def shard_index(ref: ShardRef, schema: Schema, storage_options: dict[str, Any] |
 
 
 def token_counts(source: Source, storage_options: dict[str, Any] | None,
-                 cache_dir: str | os.PathLike | None) -> list[int]:
-    """The tokens each shard of a token dataset holds: the manifest's (this version), else from one
-    scan of each shard lacking it (version 1 datasets), cached.
+                 cache_dir: str | os.PathLike | None) -> tuple[list[int], Source]:
+    """The tokens each shard of a token dataset holds, and the source with what a scan found: the
+    manifest's counts (this version), else one scan of each shard lacking them (version 1
+    datasets), cached; the scan's index then goes with a shard that had none, so the reader seeks
+    in it and knows each block's size (damage then shifts no sample).
 
     Raises:
         SourceError: a shard without token blocks, or one that cannot be read.
     """
-    out = []
+    out, refs = [], []
     for ref in source.shards:
         if ref.tokens is None:
             scan = scanned(ref, storage_options, cache_dir)
             if scan.get("tokens") is None:
                 raise SourceError(f"shard {ref.name} holds no token blocks: only token datasets can be packed")
-            out.append(sum(scan["tokens"]))
-        else:
-            out.append(ref.tokens)
-    return out
+            tokens = sum(scan["tokens"])
+            index = _index(scan, ref.schema or source.schema)
+            if ref.index_path is None and ref.scanned is None and index.samples == ref.samples:
+                ref = dataclasses.replace(ref, scanned=index)
+            ref = dataclasses.replace(ref, tokens=tokens)
+        out.append(ref.tokens)
+        refs.append(ref)
+    return out, dataclasses.replace(source, shards=tuple(refs))

@@ -255,3 +255,30 @@ def test_what_packing_refuses(pack_root, image_root):
     other.load_state_dict(state)
     with pytest.raises(ValueError, match="rows of 8 tokens"):
         next(iter(other))
+
+
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+def test_damaged_blocks_raise_or_become_recorded_padding(tmp_path, pack_root, docs, policy):
+    import shutil
+
+    from shardkit.errors import ShardError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(pack_root, copy)
+    shard = copy / "shard-000001.tar"
+    data = bytearray(shard.read_bytes())
+    at = [i for i in range(len(data)) if data[i:i + 6] == b"\x93NUMPY"][4]  # a member of the third block
+    data[at:at + 6] = b"garbag"
+    shard.write_bytes(bytes(data))
+    loader = make_loader(StreamingDataset(copy, shuffle=False, on_error=policy), 2, block_size=16, num_workers=0)
+    if policy == "raise":
+        with pytest.raises(ShardError, match="shard-000001"):
+            list(loader)
+        return
+    batches = list(loader)
+    assert len(batches) == len(loader) and all(b["input_ids"].shape[1] == 16 for b in batches)
+    for b in batches:
+        check_batch(b, 16)
+    got = real_tokens(batches)
+    assert len(got) == len(set(got)) and len(got) < sum(map(len, docs)), "what was lost is padding"
+    assert loader.stream.errors and "shard-000001" in loader.stream.errors[0]["shard"]
