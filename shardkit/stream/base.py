@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
+from .packing import lay_out_rows
 from .plan import EpochPlan, Layout, Segment, lay_out, remaining, samples_per_rank, take, worker_ranges
 from .reader import ErrorLog
 from .samples import SampleStream
@@ -158,7 +159,8 @@ class Stream(IterableDataset):
         if state.layout is not None and (saved.get("block", 0), saved.get("eos", False)) != (layout.block, layout.eos):
             def what(block, eos):
                 return f"packed into rows of {block} tokens{' with eos_id' if eos else ''}" if block else "not packed"
-            raise ValueError(f"the state was saved mid-epoch by a loader {what(saved.get('block', 0), saved.get('eos'))}; "
+            was = what(saved.get("block", 0), saved.get("eos"))
+            raise ValueError(f"the state was saved mid-epoch by a loader {was}; "
                              f"this one is {what(layout.block, layout.eos)}: restore it into a loader with the "
                              f"same block_size and eos_id (or restore a state saved at an epoch's end)")
         if state.layout is not None and state.layout != mine:
@@ -193,8 +195,6 @@ class Stream(IterableDataset):
             except (TypeError, ValueError) as err:
                 raise ValueError(f"not a shardkit stream state: its consumed segments are malformed ({err})") from None
         if layout.block:
-            from .packing import lay_out_rows
-
             return lay_out_rows(segs, layout)
         return self.lay_out(segs, layout)
 

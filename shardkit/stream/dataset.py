@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import Stream
+from .packing import epoch_window
 from .plan import Layout, Segment, epoch_segments
 from .reader import ON_ERROR, ReadOptions
 from .sources import Source, resolve, token_counts
@@ -190,8 +191,6 @@ class StreamingDataset(Stream):
 
     def token_sequence(self, state: EpochState, layout: Layout) -> list[Segment]:
         """Epoch ``state.epoch``'s window of the stream of passes in token space (see ``packing``)."""
-        from .packing import epoch_window
-
         counts = self.entry_counts(layout.eos)
         size = epoch_window(sum(counts), self.source.samples,
                             self.epoch_samples if self.options.epoch_size is not None else None)

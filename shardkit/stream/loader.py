@@ -68,8 +68,8 @@ def make_loader(dataset: StreamingDataset, batch_size: int | None = None, *, blo
     given), ``position_ids`` (B×L, 0 at each document's start, going on when a document continues
     from the row before), ``document_ids`` (B×L, the segment of ``cu_seqlens`` each token is in,
     -1 on padding), ``cu_seqlens`` (int32: ``0, ..., B·L``, where each segment of the flattened
-    batch starts, as FlashAttention's ``flash_attn_varlen_func`` takes them) and ``max_seqlen`` (an int); a mix with
-    ``with_source`` adds ``source``, the source of each row. Every token of the epoch comes exactly
+    batch starts, as FlashAttention's ``flash_attn_varlen_func`` takes them) and ``max_seqlen``
+    (an int); a mix with ``with_source`` adds ``source``, the source of each row. Every token of the epoch comes exactly
     once; every rank yields the same number of batches, the epoch's tail padded with ``pad_id``
     (``document_ids`` -1), only each rank's last batch having fewer rows (dropped with
     ``drop_last``, and the tokens with it). See ``shardkit.stream.packing``.
@@ -429,7 +429,8 @@ class _Fetcher(Dataset):
         if unit.ahead is not None:
             stream.reader.open_ahead(*unit.ahead)
         errors = stream.errors.take_new()
-        if self.bundle_small and (len(batches) > 1 or self.pack) and info is not None:  # (nothing to send without workers)
+        # (nothing to send without workers)
+        if self.bundle_small and (len(batches) > 1 or self.pack) and info is not None:
             return Fetched(bundle(batches), errors, True)
         return Fetched(batches, errors, False)
 
@@ -444,8 +445,8 @@ def _packing(dataset: Stream, batch_size: int | None, block_size: int, eos_id: i
     for name, value, low in (("block_size", block_size, 1), ("batch_size", batch_size, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"packing needs {name} as an int >= {low}, not {value!r}")
-    for name, value in (("eos_id", eos_id), ("pad_id", pad_id)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+    for name, value, optional in (("eos_id", eos_id, True), ("pad_id", pad_id, False)):
+        if (value is not None or not optional) and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise ValueError(f"{name} must be a token id (an int >= 0), not {value!r}")
     if batcher is not None or collate_fn is not None:
         raise ValueError("block_size packs the batches itself: it takes no bucketing, max_tokens or collate_fn")

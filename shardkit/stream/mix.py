@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 
 from .base import Stream
+from .dataset import StreamingDataset, StreamOptions
+from .packing import epoch_window
 from .plan import EpochPlan, Layout, Regime, Segment, lay_out, spans, window
 from .reader import ReadOptions
 from .sources import Source
@@ -162,8 +164,6 @@ class Mix(Stream):
 
     def __init__(self, sources: Mapping[str, Stream], *, weights: Mapping[str, float] | None = None,
                  epoch_size: int | float | None = None, seed: int = 0, with_source: bool = False) -> None:
-        from .dataset import StreamingDataset, StreamOptions
-
         if not isinstance(sources, Mapping) or not sources:
             raise ValueError("Mix takes a non-empty {name: StreamingDataset} mapping")
         for name, ds in sources.items():
@@ -179,6 +179,10 @@ class Mix(Stream):
         self.rank, self.world_size = _agree(self.names, self.sources, "rank and world_size",
                                             lambda d: (d.rank, d.world_size))
         _check_structure(self.names, self.sources)
+        fields = _structure(self.sources[0])[1]
+        if self.with_source and fields is not None and "source" in fields:
+            raise ValueError("with_source=True adds a 'source' field, and these datasets have one already: "
+                             "read them with fields=[...] without it, or leave with_source off")
         opts = [d.options for d in self.sources]
         even, drop_last, on_error, verify = _agree(self.names, self.sources, "even, drop_last, on_error and verify",
                                                    lambda d: (d.options.even, d.options.drop_last,
@@ -210,8 +214,8 @@ class Mix(Stream):
             raise ValueError(f"weights is a {{name: weight}} mapping, not {type(weights).__name__}")
         missing, unknown = [n for n in self.names if n not in weights], [n for n in weights if n not in self.names]
         if missing or unknown:
-            raise ValueError(f"weights must name every source ({self.names}): "
-                             + "; ".join(([f"missing {missing}"] if missing else []) + ([f"unknown {unknown}"] if unknown else [])))
+            what = ([f"missing {missing}"] if missing else []) + ([f"unknown {unknown}"] if unknown else [])
+            raise ValueError(f"weights must name every source ({self.names}): " + "; ".join(what))
         out = [weights[n] for n in self.names]
         if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0 for w in out) or sum(out) <= 0:
             raise ValueError(f"weights are numbers >= 0, not all 0: {dict(weights)}")
@@ -250,8 +254,6 @@ class Mix(Stream):
         """``(unit, each source's size, the epoch's entries, run)`` in samples or, packing, tokens."""
         if not layout.block:
             return "samples", [d.epoch_samples for d in self.sources], self._epoch_size, RUN
-        from .packing import epoch_window
-
         sizes = []
         for d in self.sources:
             counts = d.entry_counts(layout.eos)

@@ -42,7 +42,7 @@ def test_each_epoch_holds_n_samples_and_len_is_per_rank(seq_root, size, n, world
         padding = world_size * len(ds) - n
         assert sum(union.values()) == n + padding
         if n <= N_SEQ:
-            assert len(union) == n, "below the dataset's size an epoch repeats nothing (but DistributedSampler's padding)"
+            assert len(union) == n, "below the dataset's size an epoch repeats nothing (but the padding)"
         else:
             assert set(union) == set(range(N_SEQ)), "above it, every sample at least once"
 

@@ -251,3 +251,21 @@ def test_each_worker_reads_a_source_s_shards_one_after_the_other(roots):
         runs = [x for i, x in enumerate(visits) if i == 0 or visits[i - 1] != x]
         assert len(runs) == len(set(runs))
         assert any(s.shard not in b_shards for s in segs), "the sources take turns"
+
+
+def test_named_field_datasets_mix_and_a_source_field_is_never_overwritten(tmp_path):
+    import shardkit
+
+    for name, first in (("x", 0), ("y", 100)):
+        with shardkit.ShardWriter(tmp_path / name, max_shard_samples=4) as writer:
+            for i in range(10):
+                writer.write({"txt": f"{name}{first + i}", "source": b"theirs", "cls": first + i})
+    sources = {n: StreamingDataset(tmp_path / n, shuffle_buffer=3) for n in "xy"}
+    mix = Mix(sources, weights={"x": 1, "y": 1}, epoch_size=12)
+    samples = list(mix)
+    assert Counter(s["txt"][0] for s in samples) == {"x": 6, "y": 6} and all(s["source"] == b"theirs" for s in samples)
+    with pytest.raises(ValueError, match="'source' field"):
+        Mix(sources, with_source=True)
+    tagged = Mix({n: StreamingDataset(tmp_path / n, fields=["txt", "cls"]) for n in "xy"}, with_source=True)
+    batch = next(iter(make_loader(tagged, 5, num_workers=0)))
+    assert batch["source"] == [t[0] for t in batch["txt"]]

@@ -85,7 +85,8 @@ def check_batch(batch, block, docs_place=None, eos=None, rows=None) -> None:
 
 
 def real_tokens(batches, eos=None) -> list[int]:
-    return [t for b in batches for t, d in zip(b["input_ids"].reshape(-1).tolist(), b["document_ids"].reshape(-1).tolist())
+    return [t for b in batches
+            for t, d in zip(b["input_ids"].reshape(-1).tolist(), b["document_ids"].reshape(-1).tolist())
             if d >= 0 and t != eos]
 
 
@@ -201,7 +202,8 @@ def test_an_epoch_size_is_the_same_fraction_of_the_tokens(pack_root, docs):
     loader = make_loader(dataset, 2, block_size=16, num_workers=0)
     first, second = real_tokens(list(loader)), real_tokens(list(loader))
     expected = round(dataset.epoch_samples * total / len(docs))
-    assert len(first) == len(second) == expected and not set(first) & set(second), "the next epoch goes on with the rest"
+    assert len(first) == len(second) == expected
+    assert not set(first) & set(second), "the next epoch goes on with the rest"
 
 
 def test_a_mix_packs_rows_of_one_source_each_in_exact_shares(pack_root, tmp_path):
