@@ -38,6 +38,14 @@ def _tar(cores: int, section_id: str = "conversion") -> Callable[[dict], float |
                              if section_id in sections else None)
 
 
+def _pad_fraction(size: int) -> Callable[[dict], float | None]:
+    def get(sections: dict) -> float | None:
+        section = sections.get("token_packing")
+        mine = section and row(section, sequences.pack_name(sequences.SHARDKIT_PACK, size))
+        return mine.get("pad_fraction") if mine else None
+    return get
+
+
 def check(sections: dict[str, dict[str, Any]], cores: int) -> list[dict[str, Any]]:
     """One entry per target: what, measured value, goal, met (None when not measured in this run)."""
     specs = [
@@ -74,10 +82,14 @@ def check(sections: dict[str, dict[str, Any]], cores: int) -> list[dict[str, Any
          _ratio("conversion", conversion.shardkit_name(cores, "full"))),
         ("issue 7: RSS growth over the epochs, relative to the first epoch", "", "<=", 0.05, _memory_growth),
         ("issue 12: shardkit tabular rows vs the tutorial's TabularDataset + DataLoader", "×", ">=", 20.0, _ratio("tabular", tabular.SHARDKIT)),
+        ("issue 13: packed batches (L=2048) vs LitData's TokensLoader, tokens/s", "×", ">=", 2.0,
+         _ratio("token_packing", sequences.pack_name(sequences.SHARDKIT_PACK, 2048),
+                sequences.pack_name(sequences.LITDATA_PACK, 2048))),
+        ("issue 13: pad tokens in packed batches (L=2048), fraction of all", "", "<", 0.005, _pad_fraction(2048)),
     ]
     results = []
     for what, unit, op, goal, get in specs:
         value = get(sections)
-        met = None if value is None else (value >= goal if op == ">=" else value <= goal)
+        met = None if value is None else {">=": value >= goal, "<=": value <= goal, "<": value < goal}[op]
         results.append({"target": what, "measured": value, "goal": f"{op} {goal}{unit}", "met": met})
     return results

@@ -15,9 +15,11 @@ _EXPORTS = {
     "BucketBatchSampler": "shardkit.stream.collate",
     "DestinationError": "shardkit.errors",
     "DeviceLoader": "shardkit.stream.device",
+    "IndexedDataset": "shardkit.stream.indexed",
     "Manifest": "shardkit.format.manifest",
     "ManifestError": "shardkit.errors",
     "MissingExtraError": "shardkit.errors",
+    "Mix": "shardkit.stream.mix",
     "RandomResizedCropDecode": "shardkit.stream.crop",
     "ShardError": "shardkit.errors",
     "ShardWriter": "shardkit.writer",
@@ -61,5 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .stream.crop import RandomResizedCropDecode
     from .stream.dataset import StreamingDataset, StreamOptions
     from .stream.device import DeviceLoader
+    from .stream.indexed import IndexedDataset
     from .stream.loader import make_loader
+    from .stream.mix import Mix
     from .writer import ShardWriter

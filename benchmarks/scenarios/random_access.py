@@ -22,11 +22,17 @@ LOCAL_DECODED = "ImageFolder, PIL decode (its default loader), DataLoader(sample
 HTTP_ONE = "one GET per image, raw bytes, one process"
 HTTP_WORKERS = "one GET per image, raw bytes, DataLoader(sampler=permutation)"
 
-# shardkit's IndexedDataset goes here (the lead's issue), beside each baseline row with the same
-# order, process count and output: e.g. ds = shardkit.IndexedDataset(ws.shardkit_images, decode=False),
-# harness.Contender("shardkit IndexedDataset, raw bytes, one process",
-#                   lambda: baseline.random_reads(ds, order, 0, b), count_reads, expected=len(order)),
-# and over HTTP shardkit.IndexedDataset(f"{url}/shards") on remote.subset()'s shards (served below).
+SHARDKIT_ONE = "shardkit IndexedDataset, raw bytes, one process"
+SHARDKIT_WORKERS = "shardkit IndexedDataset, raw bytes, DataLoader(sampler=permutation)"
+SHARDKIT_DECODED = "shardkit IndexedDataset, decoded (uint8 tensors), DataLoader(sampler=permutation)"
+SHARDKIT_HTTP_ONE = "shardkit IndexedDataset over HTTP, one range request per read, one process"
+SHARDKIT_HTTP_WORKERS = "shardkit IndexedDataset over HTTP, DataLoader(sampler=permutation)"
+
+
+def _indexed(source: str, **options):
+    import shardkit
+
+    return shardkit.IndexedDataset(source, **options)
 
 
 def count_reads(item) -> int:
@@ -54,11 +60,22 @@ def local(ws: Workspace) -> list[dict[str, Any]]:
         harness.Contender(LOCAL_DECODED, lambda: baseline.random_reads(decoded, order, w, b), count_reads,
                           expected=n),
     ]
+    mine, mine_decoded = _indexed(str(ws.shardkit_images), decode=False), _indexed(str(ws.shardkit_images))
+    mine_order = permutation(len(mine), ws.cfg.seed)
+    contenders += [
+        harness.Contender(SHARDKIT_ONE, lambda: baseline.random_reads(mine, mine_order, 0, b), count_reads,
+                          expected=n),
+        harness.Contender(SHARDKIT_WORKERS, lambda: baseline.random_reads(mine, mine_order, w, b), count_reads,
+                          expected=n),
+        harness.Contender(SHARDKIT_DECODED, lambda: baseline.random_reads(mine_decoded, mine_order, w, b),
+                          count_reads, expected=n),
+    ]
     outcomes = harness.compare(contenders, ws.cfg.rounds)
     return [ratio_section("random_access_local", "Random access, local disk (page cache warm)", "reads/s",
                           outcomes, LOCAL_ONE, per_unit="1000 reads",
                           notes=[_setting(ws, n, f"the {n} images of the images scenario"),
-                                 "shardkit's IndexedDataset is not measured yet (its contender comes with it)"])]
+                                 "shardkit: the same images in the images scenario's shards, dataset[i] = one "
+                                 "pread of the sample's bytes, found in the shard's index"])]
 
 
 def remote(ws: Workspace) -> list[dict[str, Any]]:
@@ -68,15 +85,21 @@ def remote(ws: Workspace) -> list[dict[str, Any]]:
     reads, w, b = len(order), cfg.num_workers, cfg.batch_size
     with serve(ws.work / "random-access", cfg.remote_latency) as url:
         dataset = baseline.http_image_folder(f"{url}/images", root, files, decode=False)
+        mine = _indexed(f"{url}/shards", decode=False)
         contenders = [
             harness.Contender(HTTP_ONE, lambda: baseline.random_reads(dataset, order, 0, b), count_reads,
                               expected=reads),
             harness.Contender(HTTP_WORKERS, lambda: baseline.random_reads(dataset, order, w, b), count_reads,
                               expected=reads),
+            harness.Contender(SHARDKIT_HTTP_ONE, lambda: baseline.random_reads(mine, order, 0, b), count_reads,
+                              expected=reads),
+            harness.Contender(SHARDKIT_HTTP_WORKERS, lambda: baseline.random_reads(mine, order, w, b),
+                              count_reads, expected=reads),
         ]
         outcomes = harness.compare(contenders, cfg.rounds)
     return [ratio_section("random_access_http", f"Random access over HTTP ({cfg.remote_latency * 1e3:.0f} ms "
                           f"per request)", "reads/s", outcomes, HTTP_ONE, per_unit="1000 reads",
                           notes=[_setting(ws, reads, f"out of the {len(files)} images of the remote scenario, "
                                  f"one keep-alive session per process"),
-                                 "shardkit's IndexedDataset is not measured yet (its contender comes with it)"])]
+                                 "shardkit: the same images as shards on the same server; dataset[i] = one range "
+                                 "request (each shard's index is fetched once per process, on its first read)"])]

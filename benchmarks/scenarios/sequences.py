@@ -109,10 +109,10 @@ def padding(ws: Workspace) -> list[dict[str, Any]]:
     return [section]
 
 
-# shardkit's packed batches (the lead's issue: packing with document boundaries kept) go here, as
-# "shardkit packed blocks, L=<L>" over ws.shardkit_sequences, one contender per block size, e.g.
-# shardkit.StreamingDataset(ws.shardkit_sequences, shuffle=False, pack=L) yielding 1-D int64 blocks
-# of L tokens (with position_ids / cu_seqlens beside them): count tokens with _tokens below.
+# shardkit's packed batches: make_loader(..., block_size=L) over the same tokens, in one process,
+# in stored order (as LitData's TokensLoader and group_texts read them), batches of PACK_ROWS rows.
+SHARDKIT_PACK = "shardkit make_loader(block_size=L), packed batches"
+PACK_TOKENS = 32_768  # tokens per shardkit batch (rows = PACK_TOKENS // L): a training step's worth
 BASELINE_PACK = "JSONL concatenated and cut into blocks (HF group_texts)"
 LITDATA_PACK = "litdata optimize + TokensLoader(block_size)"
 
@@ -125,17 +125,53 @@ def _tokens(block) -> int:
     return block.numel()
 
 
+class PackCounter:
+    """Counts the real tokens of packed batches (what the contender delivers) and their padding."""
+
+    def __init__(self):
+        self.real = self.pad = 0
+
+    def __call__(self, batch) -> int:
+        documents = batch["document_ids"]
+        padded = documents[documents[:, -1] < 0]  # padding ends its row: only those rows need counting
+        pad = int((padded < 0).sum()) if len(padded) else 0
+        real = documents.numel() - pad
+        self.real += real
+        self.pad += pad
+        return real
+
+    @property
+    def pad_fraction(self) -> float:
+        return self.pad / (self.real + self.pad) if self.real + self.pad else float("nan")
+
+
+def packed_loader(source, block_size: int):
+    """shardkit's packed batches of ``block_size`` tokens, one process, in stored order."""
+    import shardkit
+
+    dataset = shardkit.StreamingDataset(str(source), shuffle=False)
+    return shardkit.make_loader(dataset, max(1, PACK_TOKENS // block_size), block_size=block_size, num_workers=0)
+
+
 def packing(ws: Workspace) -> list[dict[str, Any]]:
     """tokens/s of fixed blocks of L tokens (every block size of the run), one process, in order."""
     total = sum(len(tokens) for tokens, _ in ws.records)
     why = litdata_peer.available()
     if not why:
         ws.litdata_tokens  # built before anything is timed
-    contenders, totals = [], {}
+    # converted, and shardkit's modules imported (one batch, untimed), before anything is timed, as
+    # LitData's are by building its data above
+    next(iter(packed_loader(ws.shardkit_sequences, ws.cfg.block_sizes[0])))
+    contenders, totals, counters = [], {}, {}
     for size in ws.cfg.block_sizes:
         contenders.append(harness.Contender(pack_name(BASELINE_PACK, size),
                                             lambda size=size: baseline.group_texts(ws.src.jsonl, size),
                                             _tokens, expected=total // size * size))
+        mine = pack_name(SHARDKIT_PACK, size)
+        counters[mine] = PackCounter()
+        contenders.append(harness.Contender(mine, lambda size=size: packed_loader(ws.shardkit_sequences, size),
+                                            counters[mine], expected=total))
+        totals[mine] = total // size * size
         name = pack_name(LITDATA_PACK, size)
         contenders.append(harness.failing(name, why) if why else harness.Contender(
             name, lambda size=size: litdata_peer.token_blocks(ws.litdata_tokens, size), _tokens))
@@ -148,6 +184,10 @@ def packing(ws: Workspace) -> list[dict[str, Any]]:
     for r in rows:  # LitData drops the tail of every chunk that is not a whole block: say how much
         if r["contender"] in totals and "items" in r:
             r["tokens_delivered"] = r["items"] / totals[r["contender"]]
+        if r["contender"] in counters and "items" in r:
+            r["pad_fraction"] = counters[r["contender"]].pad_fraction
+    pads = ", ".join(f"L={size}: {counters[pack_name(SHARDKIT_PACK, size)].pad_fraction:.4%}"
+                     for size in ws.cfg.block_sizes)
     return [{"id": "token_packing", "kind": "ratio", "title": "Token packing: fixed blocks of L tokens, one process",
              "unit": "tokens/s", "baseline": pack_name(BASELINE_PACK, ws.cfg.block_sizes[0]),
              "baselines": [pack_name(BASELINE_PACK, size) for size in ws.cfg.block_sizes],
@@ -156,4 +196,6 @@ def packing(ws: Workspace) -> list[dict[str, Any]]:
                        f"a 1-D int64 tensor; × = against the baseline with the same L; median of {ws.cfg.rounds}",
                        "'tokens delivered' = tokens in the blocks / the baseline's (whole blocks of the "
                        "concatenated stream); LitData cuts blocks per chunk and drops each chunk's remainder",
-                       "shardkit's packed batches are not measured yet (the contender comes with that feature)"]}]
+                       f"shardkit: batches of {PACK_TOKENS:,} tokens (rows = {PACK_TOKENS:,} / L) with "
+                       f"position_ids, document_ids and cu_seqlens, every token of the pass once (its rate "
+                       f"counts real tokens only); pad tokens / all tokens: {pads}"]}]

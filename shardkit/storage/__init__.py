@@ -32,7 +32,7 @@ from .retry import RetryPolicy, call
 
 __all__ = ["FileEntry", "NotRegularFileError", "RetryPolicy", "ShardCache", "TooLargeError", "exists", "filesystem",
            "info", "is_url", "join", "list_files", "ls", "open_input", "open_shard", "publish", "put_file",
-           "read_bytes", "remove", "safe_url", "sha256_of", "size", "sizes", "walk_files"]
+           "read_bytes", "read_range", "remove", "safe_url", "sha256_of", "size", "sizes", "walk_files"]
 
 T = TypeVar("T")
 Options = dict[str, Any] | None
@@ -198,6 +198,33 @@ def read_bytes(path: str | os.PathLike, storage_options: Options = None, *,
             raise TooLargeError(f"{safe_url(os.fspath(path))} holds more than {limit} bytes, the most shardkit "
                                 f"reads of it")
     return data
+
+
+def read_range(path: str | os.PathLike, start: int, end: int, storage_options: Options = None, *,
+               retry: RetryPolicy | None = None) -> bytes:
+    """Bytes ``start..end`` of a local regular file or URL: one ``pread`` locally, one request
+    remotely (fsspec's ``cat_file`` with a byte range), retried as every remote call is.
+
+    Raises:
+        FileNotFoundError: a local file that does not exist.
+        NotRegularFileError, OSError: a local path that is no regular file, or cannot be read.
+        StorageError: a URL missing, refused, or failing after its retries.
+    """
+    if not 0 <= start <= end:
+        raise ValueError(f"a byte range is 0 <= start <= end, not {start}..{end}")
+    remote = _remote(path, storage_options)
+    if remote is None:
+        # a bare descriptor and one pread, no buffered file: random reads pay only for what they ask
+        fd = os.open(_local(path), os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise NotRegularFileError(os.fsdecode(path), _file_type(mode))
+            return os.pread(fd, end - start, start)
+        finally:
+            os.close(fd)
+    return _run(remote, f"reading bytes {start}..{end}",
+                lambda fs, p, **kw: fs.cat_file(p, start=start, end=end, **kw), storage_options, retry)
 
 
 def open_shard(path: str | os.PathLike, *, storage_options: Options = None,

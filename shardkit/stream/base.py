@@ -3,7 +3,9 @@ and its state, the plan of an epoch on a layout, and iterating it in a process.
 
 An iteration is: the epoch's sequence (:meth:`Stream.sequence`, what a subclass defines) → its
 plan on this layout (``plan.lay_out``: which segments of which shards each rank's workers read,
-in which order) → this worker's segments → ``SampleStream`` (read, decode, transform).
+in which order) → this worker's segments → ``SampleStream`` (read, decode, transform). A packing
+loader (``make_loader(..., block_size=L)``) plans the same way in token space
+(:meth:`Stream.token_sequence`, ``packing.lay_out_rows``).
 ``make_loader`` uses the same plan with batches and hands the segments of each batch to its
 workers (``loader``). Where an epoch stands lives in one :class:`~.state.EpochState`, advanced
 through a :class:`Run` while the epoch is read.
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
+from .packing import lay_out_rows
 from .plan import EpochPlan, Layout, Segment, lay_out, remaining, samples_per_rank, take, worker_ranges
 from .reader import ErrorLog
 from .samples import SampleStream
@@ -33,8 +36,12 @@ class Stream(IterableDataset):
     A subclass sets ``source`` (the shards, their schema and digest), ``view`` (how samples are
     decoded), ``seed``, ``shuffle``, ``options`` (a ``StreamOptions``), ``read_options``,
     ``rank`` and ``world_size``, and defines :meth:`sequence`, :attr:`identity` and
-    :attr:`epoch_samples`; it calls :meth:`_start` at the end of its constructor.
+    :attr:`epoch_samples`; it calls :meth:`_start` at the end of its constructor. Token
+    datasets define :meth:`token_sequence` too (packing).
     """
+
+    #: spans a reader keeps at once (a mix takes turns between its sources' spans)
+    held_spans = 1
 
     def _start(self) -> None:
         self._state = EpochState()
@@ -59,6 +66,22 @@ class Stream(IterableDataset):
     def epoch_samples(self) -> int:
         """Samples per epoch across all ranks (before padding)."""
         raise NotImplementedError
+
+    def token_sequence(self, state: EpochState, layout: Layout) -> list[Segment]:
+        """The epoch in token space, for packing into rows of ``layout.block`` tokens: stored-order
+        segments whose entries are a shard's tokens (each document followed by its end-of-document
+        token when ``layout.eos``).
+
+        Raises:
+            ValueError: not a token dataset.
+        """
+        raise ValueError(f"packing (block_size) needs a token dataset; this one holds {self.kind}")
+
+    def epoch_entries(self, layout: Layout) -> int:
+        """What an epoch holds across all ranks on ``layout``: samples, or for packing the tokens."""
+        if layout.block:
+            return sum(s.count for s in self.token_sequence(self._state, layout))
+        return self.epoch_samples
 
     @property
     def kind(self) -> str:
@@ -129,8 +152,17 @@ class Stream(IterableDataset):
         Raises:
             ValueError: a state saved by one DataLoader worker restored on another layout.
         """
-        state, self._state = self._state, self._state.next_epoch()
+        state = self.settle(self._state, layout)
+        self._state = state.next_epoch()
         mine = layout.to_dict()
+        saved = state.layout or {}
+        if state.layout is not None and (saved.get("block", 0), saved.get("eos", False)) != (layout.block, layout.eos):
+            def what(block, eos):
+                return f"packed into rows of {block} tokens{' with eos_id' if eos else ''}" if block else "not packed"
+            was = what(saved.get("block", 0), saved.get("eos"))
+            raise ValueError(f"the state was saved mid-epoch by a loader {was}; "
+                             f"this one is {what(layout.block, layout.eos)}: restore it into a loader with the "
+                             f"same block_size and eos_id (or restore a state saved at an epoch's end)")
         if state.layout is not None and state.layout != mine:
             if state.worker is not None:
                 raise ValueError(f"the state was saved by DataLoader worker {state.worker} of layout {state.layout}; "
@@ -147,17 +179,32 @@ class Stream(IterableDataset):
         self._run = run
         return run
 
+    def settle(self, state: EpochState, layout: Layout) -> EpochState:
+        """``state`` with what the epoch about to begin needs in ``extra`` (a mix's positions in
+        its sources); a plain dataset needs nothing."""
+        return state
+
     def epoch_plan(self, state: EpochState, layout: Layout | None = None) -> EpochPlan:
         """The plan of the epoch ``state`` is in, on ``layout`` (default: iterated alone), without
         what ``state`` records as consumed before its layout began."""
-        segs, consumed = self.sequence(state), state.consumed
-        if consumed:
+        layout = layout or self.layout()
+        segs = self.token_sequence(state, layout) if layout.block else self.sequence(state)
+        if state.consumed:
             try:
-                segs = remaining(segs, [Segment.from_list(c) for c in consumed])
+                segs = self.remaining(segs, [Segment.from_list(c) for c in state.consumed])
             except (TypeError, ValueError) as err:
                 raise ValueError(f"not a shardkit stream state: its consumed segments are malformed ({err})") from None
-        return lay_out(segs, layout or self.layout(), span=self.options.shuffle_buffer, seed=self.seed,
-                       shuffle=self.shuffle)
+        if layout.block:
+            return lay_out_rows(segs, layout)
+        return self.lay_out(segs, layout)
+
+    def remaining(self, sequence: list[Segment], consumed: list[Segment]) -> list[Segment]:
+        """What of the epoch's ``sequence`` is left once ``consumed`` was read (see ``plan.remaining``)."""
+        return remaining(sequence, consumed)
+
+    def lay_out(self, sequence: list[Segment], layout: Layout) -> EpochPlan:
+        """The plan of ``sequence`` on ``layout``: ranks, workers, and spans shuffled within."""
+        return lay_out(sequence, layout, span=self.options.shuffle_buffer, seed=self.seed, shuffle=self.shuffle)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -169,7 +216,7 @@ class Stream(IterableDataset):
         """This process's reader of samples (made once per process: it keeps shards open)."""
         if self._stream is None or self._stream_pid != os.getpid():
             self._stream = SampleStream(self.source, self.read_options, self.view, self.seed,
-                                        ErrorLog(self.options.on_error))
+                                        ErrorLog(self.read_options.on_error), spans=self.held_spans)
             self._stream_pid = os.getpid()
         return self._stream
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import Stream
-from .plan import Segment, epoch_segments
+from .packing import epoch_window
+from .plan import Layout, Segment, epoch_segments
 from .reader import ON_ERROR, ReadOptions
-from .sources import Source, resolve
+from .sources import Source, resolve, token_counts
 from .state import EpochState, Identity, resolve_world
 from .views import View, make_view
 
@@ -33,9 +34,12 @@ class StreamOptions:
     even: True (default) gives every rank the same count, padding as ``DistributedSampler``
         does; False gives each sample to exactly one rank, no padding, counts differing by at
         most one: for evaluation (all-reduce the metric sums).
-    epoch_size: samples per epoch across all ranks: a count, or a fraction of the dataset (0.1);
-        below the dataset's size an epoch subsamples without repetition and the next epochs go
-        on through the rest; above it, passes repeat, each reshuffled. Default: the dataset's size.
+    epoch_size: samples per epoch across all ranks: a count (an int), or a fraction of the
+        dataset (a float: 0.1, or 2.5 for two and a half passes); below the dataset's size an epoch
+        subsamples without repetition (no sample twice in an epoch, even one that spans the end of
+        a pass) and the next epochs go on through the rest; above it, passes repeat, each
+        reshuffled. ``len()`` is still the per-rank count. Packed (``make_loader(...,
+        block_size=L)``), an epoch is the same fraction of the tokens. Default: the dataset's size.
     on_error: ``"raise"`` (default) raises a ``ShardError`` naming the shard, member and byte
         offset of damaged data; ``"skip"`` replaces each damaged sample by a repeat of an intact
         one (so every rank keeps its count), records it in ``dataset.errors`` and logs a warning.
@@ -155,7 +159,7 @@ class StreamingDataset(Stream):
     def epoch_samples(self) -> int:
         """Samples per epoch across all ranks (before padding)."""
         size, total = self.options.epoch_size, self.source.samples
-        if size is None:
+        if size is None or total == 0:
             return total
         return max(1, round(size * total)) if isinstance(size, float) else size
 
@@ -167,6 +171,30 @@ class StreamingDataset(Stream):
         """Epoch ``state.epoch``'s window of the stream of passes (see ``plan``)."""
         return epoch_segments(self.source.counts, seed=self.seed, epoch=state.epoch, shuffle=self.shuffle,
                               epoch_size=self.epoch_samples if self.options.epoch_size is not None else None)
+
+    def entry_counts(self, eos: bool) -> list[int]:
+        """Each shard's entries in token space: its tokens (from the manifest, or one cached scan of
+        a version 1 dataset), plus one per document with ``eos``.
+
+        Raises:
+            ValueError: not a token dataset.
+        """
+        if self.kind != "sequences":
+            raise ValueError(f"packing (block_size) needs a token dataset; this one holds {self.kind}")
+        tokens = self.__dict__.get("_tokens")
+        if tokens is None:
+            tokens, source = token_counts(self.source, self.options.storage_options, self.options.cache_dir)
+            if source != self.source:  # what a scan found (version 1): a reader made since must see it
+                self.source, self._stream = source, None
+            self._tokens = tokens
+        return [t + n for t, n in zip(tokens, self.source.counts)] if eos else list(tokens)
+
+    def token_sequence(self, state: EpochState, layout: Layout) -> list[Segment]:
+        """Epoch ``state.epoch``'s window of the stream of passes in token space (see ``packing``)."""
+        counts = self.entry_counts(layout.eos)
+        size = epoch_window(sum(counts), self.source.samples,
+                            self.epoch_samples if self.options.epoch_size is not None else None)
+        return epoch_segments(counts, seed=self.seed, epoch=state.epoch, shuffle=self.shuffle, epoch_size=size)
 
 def _options(options: StreamOptions | None, kwargs: dict[str, Any]) -> StreamOptions:
     names = {f.name for f in dataclasses.fields(StreamOptions)}

@@ -9,11 +9,13 @@ reading its own stretch of shards sequentially. A worker reads the unit's sample
 (``SampleStream``), decodes, transforms and collates them; the main process only counts the
 batches it hands out. So the state is a pure function of the epoch, its plan and that count: the
 same on every rank at the same step, with no message from the workers and nothing read from
-DataLoader's internals.
+DataLoader's internals. With ``block_size`` the plan is in token space and the workers pack rows
+of tokens (``packing``); the rest is the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -27,7 +29,8 @@ from .bundle import bundle, unbundle
 from .collate import BucketBatchSampler
 from .base import Stream, seed_globals
 from .dataset import StreamingDataset
-from .plan import Entries, Layout, Segment, batch_order, samples_per_rank, worker_ranges
+from .packing import Packer, batches_per_rank
+from .plan import Layout, Segment, batch_order, samples_per_rank, worker_ranges
 from .shared import SharedBatches
 from .state import derive_seed
 
@@ -51,7 +54,8 @@ def default_num_workers() -> int:
     return min(cpus, 8)
 
 
-def make_loader(dataset: StreamingDataset, batch_size: int | None = None, *, max_tokens: int | None = None,
+def make_loader(dataset: StreamingDataset, batch_size: int | None = None, *, block_size: int | None = None,
+                eos_id: int | None = None, pad_id: int = 0, max_tokens: int | None = None,
                 bucketing: bool | BucketBatchSampler = False, num_workers: int | None = None,
                 collate_fn: Callable[[list], Any] | None = None, pin_memory: bool | None = None,
                 persistent_workers: bool = True, prefetch_factor: int | None = None, drop_last: bool = False,
@@ -62,8 +66,23 @@ def make_loader(dataset: StreamingDataset, batch_size: int | None = None, *, max
     (``floor`` with ``drop_last``, which drops fewer than ``batch_size`` samples per rank),
     whatever ``num_workers``.
 
+    With ``block_size=L`` (a token dataset, or a ``Mix`` of them) the batches are packed for
+    language-model pretraining: each a dict of ``input_ids`` (``batch_size``×L int64: documents
+    concatenated in their stored order within each shard, ``eos_id`` after each document when
+    given), ``position_ids`` (B×L, 0 at each document's start, going on when a document continues
+    from the row before), ``document_ids`` (B×L, the segment of ``cu_seqlens`` each token is in,
+    -1 on padding), ``cu_seqlens`` (int32: ``0, ..., B·L``, where each segment of the flattened
+    batch starts, as FlashAttention's ``flash_attn_varlen_func`` takes them) and ``max_seqlen``
+    (an int); a mix with ``with_source`` adds ``source``, the source of each row. Every token of the epoch comes exactly
+    once; every rank yields the same number of batches, the epoch's tail padded with ``pad_id``
+    (``document_ids`` -1), only each rank's last batch having fewer rows (dropped with
+    ``drop_last``, and the tokens with it). See ``shardkit.stream.packing``.
+
     Args:
-        batch_size: samples per batch.
+        batch_size: samples per batch (rows of ``block_size`` tokens when packing).
+        block_size: pack tokens into rows of this many (see above).
+        eos_id: with ``block_size``, the token put after each document (None: none).
+        pad_id: with ``block_size``, the token that pads the epoch's tail.
         max_tokens: for sequences, batches of as many samples as fit this many padded tokens
             (with ``batch_size`` too: whichever limit comes first).
         bucketing: for sequences, batch similar lengths together (sorted within a window of
@@ -84,10 +103,12 @@ def make_loader(dataset: StreamingDataset, batch_size: int | None = None, *, max
     Raises:
         ValueError: neither ``batch_size`` nor ``max_tokens``; bucketing or ``max_tokens`` for
             other than sequences; an argument that would break the order (``in_order=False``, a
-            sampler, a ``shuffle`` that contradicts the dataset's).
+            sampler, a ``shuffle`` that contradicts the dataset's); ``block_size`` for other than a
+            token dataset, or with bucketing, ``max_tokens`` or ``collate_fn``.
         TypeError: ``dataset`` is not a StreamingDataset (or ``Mix``).
     """
-    return StreamingLoader(dataset, batch_size, max_tokens=max_tokens, bucketing=bucketing,
+    return StreamingLoader(dataset, batch_size, block_size=block_size, eos_id=eos_id, pad_id=pad_id,
+                           max_tokens=max_tokens, bucketing=bucketing,
                            num_workers=num_workers, collate_fn=collate_fn, pin_memory=pin_memory,
                            persistent_workers=persistent_workers, prefetch_factor=prefetch_factor,
                            drop_last=drop_last, worker_init_fn=worker_init_fn, **dataloader_kwargs)
@@ -148,7 +169,8 @@ class StreamingLoader(DataLoader):
     is honoured, persistent workers or not. ``loader.stream`` is the StreamingDataset.
     """
 
-    def __init__(self, dataset: StreamingDataset, batch_size: int | None = None, *, max_tokens: int | None = None,
+    def __init__(self, dataset: StreamingDataset, batch_size: int | None = None, *, block_size: int | None = None,
+                 eos_id: int | None = None, pad_id: int = 0, max_tokens: int | None = None,
                  bucketing: bool | BucketBatchSampler = False, num_workers: int | None = None,
                  collate_fn: Callable[[list], Any] | None = None, pin_memory: bool | None = None,
                  persistent_workers: bool = True, prefetch_factor: int | None = None, drop_last: bool = False,
@@ -169,7 +191,14 @@ class StreamingLoader(DataLoader):
             raise ValueError("bucketing and max_tokens apply to sequences, not images")
         workers = default_num_workers() if num_workers is None else num_workers
         self.stream, self._batcher = dataset, batcher
-        if batcher is not None:
+        pack = None
+        if block_size is not None:
+            pack = _packing(dataset, batch_size, block_size, eos_id, pad_id, batcher, collate_fn)
+            layout = dataset.layout(workers, batch_size * block_size, drop_last=drop_last)
+            # drop_last drops the epoch's tail rather than padding it: whole rows only, cut evenly
+            ranks = "drop" if drop_last and layout.ranks == "pad" else layout.ranks
+            self.plan_layout = dataclasses.replace(layout, ranks=ranks, block=block_size, eos=eos_id is not None)
+        elif batcher is not None:
             # one planned "batch" is one bucketing window, made into batches by the worker
             self.plan_layout = dataset.layout(workers, batcher.window)
         else:
@@ -178,7 +207,8 @@ class StreamingLoader(DataLoader):
         self._init = _WorkerInit(dataset, worker_init_fn)
         self._shared = SharedBatches(workers) if workers > 0 else None
         fetcher = _Fetcher(dataset, collate_fn or dataset.view.collate, batcher,
-                           bundle_small=batcher is None and self.plan_layout.unit > 1, shared=self._shared)
+                           bundle_small=pack is not None or (batcher is None and self.plan_layout.unit > 1), pack=pack,
+                           shared=self._shared)
         self._units = _Units(dataset, self.plan_layout)
         kwargs: dict[str, Any] = dict(
             num_workers=workers, batch_size=None, sampler=self._units, collate_fn=_identity,
@@ -203,6 +233,8 @@ class StreamingLoader(DataLoader):
             TypeError: with ``max_tokens`` (the count depends on the lengths drawn).
         """
         stream = self.stream
+        if self.plan_layout.block:
+            return batches_per_rank(stream.epoch_entries(self.plan_layout), self.plan_layout, stream.rank)
         per_rank = samples_per_rank(stream.epoch_samples, self.plan_layout, stream.rank)
         counts = [hi - lo for lo, hi in worker_ranges(per_rank, self.plan_layout)]
         batcher = self._batcher
@@ -327,6 +359,8 @@ class _Units(DistributedSampler):
         self.stream.set_epoch(epoch)
 
     def __len__(self) -> int:
+        if self.layout.block:
+            return batches_per_rank(self.stream.epoch_entries(self.layout), self.layout, self.stream.rank)
         per_rank = samples_per_rank(self.stream.epoch_samples, self.layout, self.stream.rank)
         counts = [hi - lo for lo, hi in worker_ranges(per_rank, self.layout)]
         return sum(1 for _ in _unit_groups(counts, self.layout))
@@ -334,26 +368,67 @@ class _Units(DistributedSampler):
     def __iter__(self) -> Iterator[Unit]:
         run, layout, stream = self.run, self.layout, self.stream
         segments = run.plan.workers[stream.rank]
-        entries = [Entries(worker) for worker in segments]
         counts = run.plan.counts(stream.rank)
         b = layout.batch_size
         start = _unit_start(run, layout, stream.rank)
         checked: set[int] = set()
         units = [(j0, group) for j0, group in _unit_groups(counts, layout) if j0 + len(group) > start]
+        # each worker's batches are cut in order: a cursor per worker, not a search from its first
+        # segment for every batch (a mix's epoch holds a segment per few samples)
+        cursors = [_Cursor(segs) for segs in segments]
         for i, (j0, group) in enumerate(units):
             w = group[0][0]
-            batches = tuple(tuple(entries[w].take(n * b, min((n + 1) * b, counts[w]))) for _, n in group)
+            batches = tuple(tuple(cursors[w].take(n * b, min((n + 1) * b, counts[w]))) for _, n in group)
             check = ()
             if w not in checked:
                 checked.add(w)
                 check = tuple(sorted({s.shard for s in segments[w]}))
             ahead = None
-            if i + 1 < len(units):
+            if i + 1 < len(units) and not layout.block:
                 nxt = units[i + 1][1]
-                first = entries[nxt[0][0]].take(nxt[0][1] * b, nxt[0][1] * b + 1)
-                if first:
-                    ahead = (first[0].shard, first[0].start + (first[0].lo if first[0].seed is None else 0))
+                first = cursors[nxt[0][0]].peek(nxt[0][1] * b)
+                if first is not None:
+                    ahead = (first.shard, first.start + (first.lo if first.seed is None else 0))
             yield Unit(run.epoch, batches, check, ahead, derive_seed(stream.seed, run.epoch, stream.rank, j0))
+
+
+class _Cursor:
+    """Cuts entries out of a worker's segments, going forward (``plan.take`` without wrapping)."""
+
+    def __init__(self, segments: tuple[Segment, ...]) -> None:
+        self.segments, self.i, self.at = segments, 0, 0  # segment i starts at entry `at`
+
+    def _seek(self, begin: int) -> None:
+        if begin < self.at:
+            self.i, self.at = 0, 0
+        while self.i < len(self.segments) and self.at + self.segments[self.i].count <= begin:
+            self.at += self.segments[self.i].count
+            self.i += 1
+
+    def take(self, begin: int, end: int) -> list[Segment]:
+        """Entries ``begin..end`` (within the segments' total)."""
+        self._seek(begin)
+        out, i, at = [], self.i, self.at
+        while begin < end and i < len(self.segments):
+            seg = self.segments[i]
+            lo, hi = begin - at, min(end - at, seg.count)
+            if hi > lo:
+                out.append(seg.cut(lo, hi) if (lo, hi) != (0, seg.count) else seg)
+                begin = at + hi
+            if hi >= seg.count:
+                at += seg.count
+                i += 1
+        return out
+
+    def peek(self, begin: int) -> Segment | None:
+        """The segment piece holding entry ``begin``, if any (the cursor does not move)."""
+        i, at = self.i, self.at
+        if begin < at:
+            i, at = 0, 0
+        while i < len(self.segments) and at + self.segments[i].count <= begin:
+            at += self.segments[i].count
+            i += 1
+        return self.segments[i].cut(begin - at, begin - at + 1) if i < len(self.segments) else None
 
 
 def _window_sizes(count: int, window: int) -> list[int]:
@@ -365,8 +440,11 @@ class _Fetcher(Dataset):
     """The map-style dataset DataLoader's workers index with units: each unit's batches, made here."""
 
     def __init__(self, dataset: StreamingDataset, collate_fn: Callable[[list], Any],
-                 batcher: BucketBatchSampler | None, bundle_small: bool, shared: SharedBatches | None) -> None:
+                 batcher: BucketBatchSampler | None, bundle_small: bool, pack: tuple | None = None,
+                 shared: SharedBatches | None = None) -> None:
         self.dataset, self.collate_fn, self.batcher, self.bundle_small = dataset, collate_fn, batcher, bundle_small
+        self.pack = pack  # (block_size, eos_id, pad_id, each shard's source name or None)
+        self._packer: tuple[Any, Packer] | None = None
         self.shared = shared
         self._epoch: int | None = None
 
@@ -390,7 +468,8 @@ class _Fetcher(Dataset):
             shared.collect(info.id)
         try:
             batches, bundled = self._make(stream, unit), False
-            if self.bundle_small and len(batches) > 1 and info is not None:  # (nothing to send without workers)
+            # (nothing to send without workers)
+            if self.bundle_small and (len(batches) > 1 or self.pack) and info is not None:
                 batches, bundled = bundle(batches), True
         finally:
             leases = shared.take_leases() if shared is not None else ()
@@ -399,10 +478,34 @@ class _Fetcher(Dataset):
         return Fetched(batches, stream.errors.take_new(), bundled, leases)
 
     def _make(self, stream, unit: Unit) -> list:
+        if self.pack is not None:
+            if self._packer is None or self._packer[0] is not stream:
+                self._packer = (stream, Packer(stream, *self.pack))
+            return [self._packer[1].batch(segs) for segs in unit.batches]
         if self.batcher is None:
             return [stream.batch(segs, self.collate_fn) for segs in unit.batches]
         samples = list(stream.samples(s for segs in unit.batches for s in segs))
         return [self.collate_fn(batch) for batch in self.batcher(samples, random.Random(unit.seed))]
+
+
+def _packing(dataset: Stream, batch_size: int | None, block_size: int, eos_id: int | None, pad_id: int,
+             batcher: BucketBatchSampler | None, collate_fn: Callable | None) -> tuple:
+    """What the workers need to pack: ``(block_size, eos_id, pad_id, each shard's source name or None)``.
+
+    Raises:
+        ValueError: bad values, a dataset that is not of tokens, or options that do not apply.
+    """
+    for name, value, low in (("block_size", block_size, 1), ("batch_size", batch_size, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"packing needs {name} as an int >= {low}, not {value!r}")
+    for name, value, optional in (("eos_id", eos_id, True), ("pad_id", pad_id, False)):
+        if (value is not None or not optional) and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ValueError(f"{name} must be a token id (an int >= 0), not {value!r}")
+    if batcher is not None or collate_fn is not None:
+        raise ValueError("block_size packs the batches itself: it takes no bucketing, max_tokens or collate_fn")
+    if dataset.kind != "sequences":
+        raise ValueError(f"block_size packs token datasets (kind 'sequences'); this one holds {dataset.kind}")
+    return block_size, eos_id, pad_id, getattr(dataset, "shard_sources", None)
 
 
 def _check_harmless(dataset: StreamingDataset, kwargs: dict[str, Any]) -> None:

@@ -2,7 +2,12 @@
 
 **The stream.** Pass ``p`` over the dataset visits the shards in an order drawn from
 ``(seed, p)``; the passes follow each other. Epoch ``e`` is the window ``[e·N, (e+1)·N)`` of that
-stream (``N``, the epoch size, defaults to the dataset's size, so epoch ``e`` is pass ``e``).
+stream (``N``, the epoch size, defaults to the dataset's size, so epoch ``e`` is pass ``e``). A
+window no longer than a pass that straddles two passes would meet the shards at the end of the
+first again at the start of the second: the second pass then visits those shards last (the
+shard where the window began first among them), so such a window never repeats a sample (see
+:func:`pass_orders`). A mix's sources change window sizes when their weights do: their windows
+follow :class:`Regime` s.
 
 **Segments.** A piece of the stream is a :class:`Segment`: entries ``lo..hi`` of shard ``shard``'s
 samples ``start..stop`` taken in the order a seed draws (a *span*: shuffled within, at most the
@@ -105,21 +110,79 @@ def shard_order(num_shards: int, *, seed: int, pass_: int, shuffle: bool) -> lis
     return np.random.default_rng([seed, pass_]).permutation(num_shards).tolist()
 
 
-def epoch_segments(counts: Sequence[int], *, seed: int, epoch: int, shuffle: bool,
-                   epoch_size: int | None = None) -> list[Segment]:
-    """Epoch ``epoch``'s window of the stream, as stored-order segments (whole shards, or parts
-    where the window starts or ends inside one)."""
+class Regime(NamedTuple):
+    """From epoch ``since`` on, epoch ``e``'s window is ``[start + (e - since)·size, … + size)``
+    of the stream (until the next regime, which starts where one of these windows ends)."""
+
+    since: int
+    start: int
+    size: int
+
+
+def _straddle(boundary: int, regimes: Sequence[Regime]) -> tuple[int, int] | None:
+    """The window ``(begin, end)`` that holds stream position ``boundary`` strictly inside, if any."""
+    for i, r in enumerate(regimes):
+        nxt = regimes[i + 1].start if i + 1 < len(regimes) else None
+        if r.start <= boundary and (nxt is None or boundary < nxt):
+            if r.size <= 0:
+                return None
+            into = (boundary - r.start) % r.size
+            return None if into == 0 else (boundary - into, boundary - into + r.size)
+    return None
+
+
+_ORDERS: dict[tuple, list[list[int]]] = {}
+
+
+def pass_orders(counts: Sequence[int], *, seed: int, shuffle: bool, regimes: Sequence[Regime],
+                last: int) -> list[list[int]]:
+    """The shard order of passes ``0..last`` (shards with samples only).
+
+    Pass ``q`` visits the shards in the order drawn from ``(seed, q)``, except where a window of
+    at most one pass's length straddles passes ``q - 1`` and ``q``: the shards of ``q - 1`` that
+    the window holds (its tail) go last in pass ``q``, the first of them (the one the window
+    starts in, perhaps partly) leading, so the window's head, which is shorter than the rest of
+    the pass, ends before any of them. Without shuffling every order is the stored one."""
+    key = (tuple(counts), seed, shuffle, tuple(regimes))
+    orders = _ORDERS.get(key)
+    if orders is None:
+        if len(_ORDERS) >= 16:
+            _ORDERS.pop(next(iter(_ORDERS)))
+        orders = _ORDERS[key] = []
     total = sum(counts)
-    size = total if epoch_size is None else epoch_size
-    if total == 0 or size == 0:
+    while len(orders) <= last:
+        q = len(orders)
+        drawn = [s for s in shard_order(len(counts), seed=seed, pass_=q, shuffle=shuffle) if counts[s] > 0]
+        window = _straddle(q * total, regimes) if q and shuffle else None
+        if window is not None and window[1] - window[0] <= total:
+            tail, held, at = q * total - window[0], [], 0
+            for s in reversed(orders[-1]):  # the shards of the previous pass's last `tail` samples
+                held.append(s)
+                at += counts[s]
+                if at >= tail:
+                    break
+            first, rest = held[-1], set(held[:-1])
+            drawn = ([s for s in drawn if s != first and s not in rest] + [first] +
+                     [s for s in drawn if s in rest])
+        orders.append(drawn)
+    return orders[:last + 1]
+
+
+def window(counts: Sequence[int], *, seed: int, shuffle: bool, begin: int, end: int,
+           regimes: Sequence[Regime] | None = None) -> list[Segment]:
+    """Positions ``begin..end`` of the stream of passes, as stored-order segments (whole shards, or
+    parts where the window starts or ends inside one). ``regimes``: how the stream is cut into
+    epochs (default: windows of one pass), which decides the passes' orders (:func:`pass_orders`)."""
+    total = sum(counts)
+    if total == 0 or begin >= end:
         return []
-    begin, end = epoch * size, (epoch + 1) * size
+    regimes = tuple(regimes) if regimes else (Regime(0, 0, total),)
     out: list[Segment] = []
-    for p in range(begin // total, -(-end // total)):
-        base = p * total
-        order = [s for s in shard_order(len(counts), seed=seed, pass_=p, shuffle=shuffle) if counts[s] > 0]
-        at = base
-        for s in order:
+    first, last = begin // total, -(-end // total) - 1
+    orders = pass_orders(counts, seed=seed, shuffle=shuffle, regimes=regimes, last=last)
+    for p in range(first, last + 1):
+        at = p * total
+        for s in orders[p]:
             lo, hi = max(begin - at, 0), min(end - at, counts[s])
             if lo < hi:
                 out.append(Segment(p, s, 0, counts[s], None, lo, hi))
@@ -127,33 +190,33 @@ def epoch_segments(counts: Sequence[int], *, seed: int, epoch: int, shuffle: boo
     return out
 
 
-class Entries:
-    """The entries of ``segments`` concatenated, cut by position; the prefix sums are made once,
-    so cutting a batch costs a bisection, not a pass over every segment (a worker holds about
-    one segment per ``shuffle_buffer`` samples: 500 for a million rows)."""
-
-    def __init__(self, segments: Sequence[Segment]) -> None:
-        self.segments = segments
-        self.starts = list(itertools.accumulate((s.count for s in segments), initial=0))
-        self.total = self.starts[-1]
-
-    def take(self, begin: int, end: int) -> list[Segment]:
-        """Entries ``begin..end``; positions past the total wrap to the start (padding: marked ``pad``)."""
-        segments, starts, total = self.segments, self.starts, self.total
-        out: list[Segment] = []
-        while begin < end:
-            at = begin % total
-            i = bisect.bisect_right(starts, at) - 1
-            n = min(starts[i + 1] - at, end - begin)
-            piece = segments[i].cut(at - starts[i], at - starts[i] + n)
-            out.append(piece._replace(pad=piece.pad or begin >= total))
-            begin += n
-        return out
+def epoch_segments(counts: Sequence[int], *, seed: int, epoch: int, shuffle: bool,
+                   epoch_size: int | None = None) -> list[Segment]:
+    """Epoch ``epoch``'s window of the stream, as stored-order segments (whole shards, or parts
+    where the window starts or ends inside one). Below the dataset's size no epoch repeats a
+    sample, and the epochs go on through the passes; above it, passes repeat, each reshuffled."""
+    total = sum(counts)
+    size = total if epoch_size is None else epoch_size
+    if total == 0 or size == 0:
+        return []
+    return window(counts, seed=seed, shuffle=shuffle, begin=epoch * size, end=(epoch + 1) * size,
+                  regimes=(Regime(0, 0, size),))
 
 
 def take(segments: Sequence[Segment], begin: int, end: int) -> list[Segment]:
-    """Entries ``begin..end`` of the concatenated segments (see :meth:`Entries.take`)."""
-    return Entries(segments).take(begin, end)
+    """Entries ``begin..end`` of the concatenated segments; positions past their total wrap to
+    the start (padding: marked ``pad``)."""
+    total = sum(s.count for s in segments)
+    starts = list(itertools.accumulate((s.count for s in segments), initial=0))
+    out: list[Segment] = []
+    while begin < end:
+        at = begin % total
+        i = bisect.bisect_right(starts, at) - 1
+        n = min(starts[i + 1] - at, end - begin)
+        piece = segments[i].cut(at - starts[i], at - starts[i] + n)
+        out.append(piece._replace(pad=piece.pad or begin >= total))
+        begin += n
+    return out
 
 
 def spans(segments: Iterable[Segment], span: int, seed: int, shuffle: bool) -> list[Segment]:
@@ -188,14 +251,22 @@ class Layout:
     ranks: str = "pad"
     drop_last: bool = False
     unit: int = 1
+    #: packing (``stream.packing``): the entries are tokens, each rank's part is whole rows of
+    #: ``block`` tokens (``batch_size`` is then tokens per batch); ``eos``: an end-of-document
+    #: token follows each document (it is an entry too). 0: the entries are samples.
+    block: int = 0
+    eos: bool = False
 
     @property
     def workers(self) -> int:
         return max(self.num_workers, 1)
 
     def to_dict(self) -> dict[str, int | bool | str]:
-        return {"world_size": self.world_size, "num_workers": self.workers, "batch_size": self.batch_size,
-                "ranks": self.ranks, "drop_last": self.drop_last, "unit": self.unit}
+        doc = {"world_size": self.world_size, "num_workers": self.workers, "batch_size": self.batch_size,
+               "ranks": self.ranks, "drop_last": self.drop_last, "unit": self.unit}
+        if self.block:  # (only then: the states of sample loaders keep their form)
+            doc.update(block=self.block, eos=self.eos)
+        return doc
 
 
 def split(count: int, parts: int, index: int) -> tuple[int, int]:

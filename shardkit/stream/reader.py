@@ -297,8 +297,9 @@ class ShardReader:
     def _open(self, shard: int, start: int) -> _Cursor:
         ref = self.source.shards[shard]
         # the index is fetched only to seek: a read from the shard's start needs none (a remote
-        # sidecar would cost a round trip before the first byte of every shard)
-        index = self._index(shard) if start > 0 else self._indexes.get(shard)
+        # sidecar would cost a round trip before the first byte of every shard); one a scan found
+        # is in memory already, and with it damage shifts no sample
+        index = self._index(shard) if start > 0 or ref.scanned is not None else self._indexes.get(shard)
         offset, first = 0, 0
         # with verify, a shard is read (and hashed) whole, from its start, once per process
         if index is not None and not (self.opts.verify and ref.sha256 and shard not in self._verified):
@@ -318,7 +319,8 @@ class ShardReader:
     def _pull(self, cur: _Cursor, wanted: int) -> None:
         """Read the next group into ``cur.held`` (a group wholly before sample ``wanted`` is passed
         over, a block undecoded); at the end of the shard, mark it ended."""
-        ref, schema = self.source.shards[cur.shard], self.source.schema
+        ref = self.source.shards[cur.shard]
+        schema = ref.schema or self.source.schema  # (the sources of a mix may differ, in token dtype say)
         index = self._indexes.get(cur.shard)
         for group in cur.groups:
             first = cur.next_sample
@@ -340,7 +342,7 @@ class ShardReader:
                 if first + n <= wanted:  # passed over: nothing held, so a read of it opens the shard again
                     cur.held_first, cur.held, cur.next_sample = first + n, [], first + n
                     return
-                held = self._samples(group, ref.name)
+                held = self._samples(group, ref.name, schema)
             except ShardError as err:
                 n = expected or 0
                 self.errors.damaged(err)
@@ -351,8 +353,8 @@ class ShardReader:
         cur.held_first, cur.held = cur.next_sample, []
         self._finish_hash(cur)
 
-    def _samples(self, group: Group, shard: str) -> list[Raw] | BlockRows:
-        blocks = self.source.schema.blocks
+    def _samples(self, group: Group, shard: str, schema) -> list[Raw] | BlockRows:
+        blocks = schema.blocks
         if blocks is None:
             return [group]
         return BlockRows(blocks.decode(group.fields, shard, group.key), group.key)

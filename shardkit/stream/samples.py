@@ -2,7 +2,8 @@
 transformed samples, with damaged ones replaced so that every rank still yields its count.
 
 A span (a shuffled segment) is read whole once and kept while its entries are handed out, so the
-consecutive batches drawn from it read it once; stored-order segments are read in chunks. Under
+consecutive batches drawn from it read it once (a mix, whose reader takes turns between its
+sources, keeps one span per source); stored-order segments are read in chunks. Under
 ``on_error="skip"`` a sample that cannot be read or decoded is replaced by a repeat of the last
 intact one (or, before any, of the next), and counted in the error log: DDP never waits on a rank
 that came up short.
@@ -10,6 +11,7 @@ that came up short.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -32,10 +34,12 @@ _GOLDEN = 0x9E3779B97F4A7C15
 class SampleStream:
     """Decoded samples of segments of ``source``, read by this process."""
 
-    def __init__(self, source: Source, opts: ReadOptions, view: View, seed: int, errors: ErrorLog) -> None:
+    def __init__(self, source: Source, opts: ReadOptions, view: View, seed: int, errors: ErrorLog,
+                 spans: int = 1) -> None:
         self.source, self.view, self.seed, self.errors = source, view, seed, errors
         self.reader = ShardReader(source, opts, errors)
-        self._span: tuple[tuple, list] | None = None  # (span identity, its raw samples)
+        self._spans: OrderedDict[tuple, Any] = OrderedDict()  # span identity → what was read of it
+        self._held = max(spans, 1)
         self._checked: set[int] = set()
         self._last_good: tuple[Raw, int, int] | None = None  # (raw, shard, index) of the last intact sample
         self._owed = 0
@@ -50,7 +54,7 @@ class SampleStream:
 
     def close(self) -> None:
         self.reader.close()
-        self._span = None
+        self._spans.clear()
 
     # -- reading ------------------------------------------------------------------------------
     def raws(self, segments: Iterable[Segment]) -> Iterator[tuple[int, int, list[int], list[Raw | None]]]:
@@ -74,12 +78,17 @@ class SampleStream:
             self.reader.open_ahead(nxt.shard, nxt.start + (nxt.lo if nxt.seed is None else 0))
 
     def _span_of(self, seg: Segment, read: Callable[[int, int, int], Any]) -> Any:
-        """What ``read`` gives for the span of shuffled segment ``seg``, read once for all its segments."""
-        key = (*seg[:5], read)
-        if self._span is None or self._span[0] != key:
-            self._span = None  # let the last one go before the next is read
-            self._span = (key, read(seg.shard, seg.start, seg.stop))
-        return self._span[1]
+        """What ``read`` gives for the span of shuffled segment ``seg``, read once for all its
+        segments (the last few spans are kept: a mix's worker takes turns between sources)."""
+        key = (*seg[:5], read.__name__)
+        held = self._spans.get(key)
+        if held is None:
+            while len(self._spans) >= self._held:  # let the oldest go before the next is read
+                self._spans.popitem(last=False)
+            held = self._spans[key] = read(seg.shard, seg.start, seg.stop)
+        else:
+            self._spans.move_to_end(key)
+        return held
 
     def block_groups(self, segments: Iterable[Segment]) -> list[BlockGroup] | None:
         """``(block, rows, indices in the block)`` covering the segments' samples (rows numbered in
