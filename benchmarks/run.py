@@ -48,6 +48,7 @@ SCENARIOS = {
     "random_access_local": random_access.local,
     "random_access_http": random_access.remote,
     "sequences": sequences.throughput,
+    "sequences_batched": sequences.batched,
     "sequences_padding": sequences.padding,
     "token_packing": sequences.packing,
     "tabular": tabular.tabular,

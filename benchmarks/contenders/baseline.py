@@ -146,7 +146,7 @@ def pad_batch(samples):
             torch.tensor([label for _, label in samples]))
 
 
-def padded_loader(path: Path, batch_size: int, num_workers: int) -> DataLoader:
-    """Shuffled batches of the JSONL dataset, padded to their longest sequence."""
-    return DataLoader(JsonlSequences(path), batch_size=batch_size, shuffle=True, num_workers=num_workers,
+def padded_loader(path: Path, batch_size: int, num_workers: int, shuffle: bool = True) -> DataLoader:
+    """Batches of the JSONL dataset, padded to their longest sequence (shuffled by default)."""
+    return DataLoader(JsonlSequences(path), batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       collate_fn=pad_batch)

@@ -140,6 +140,14 @@ def sequences(data: Path):
     return litdata.StreamingDataset(str(data), shuffle=False, transform=_Int64Tokens())
 
 
+def padded_sequences(data: Path, batch_size: int, collate):
+    """In order, one process: ``StreamingDataLoader`` batches made by ``collate`` (the benchmark's pad)."""
+    import litdata
+
+    dataset = litdata.StreamingDataset(str(data), shuffle=False, transform=_Int64Tokens())
+    return litdata.StreamingDataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=0)
+
+
 def table_loader(data: Path, batch_size: int, num_workers: int):
     """Shuffled batches ``{"x": float32 B×F, "y": int64 B}`` (LitData's default collate)."""
     import litdata

@@ -75,6 +75,10 @@ class MosaicPeer:
         """In order, one process, ``batch_size=1``: ``(int64 tokens, label)`` per sample."""
         return self._measurement("sequences", data=str(data), predownload=predownload)
 
+    def padded_pass(self, data: Path, batch_size: int, predownload: int = 100_000) -> harness.Measurement:
+        """In order, one process: padded batches ``(B×T int64, lengths, labels)``, the benchmark's collate."""
+        return self._measurement("padded", data=str(data), batch_size=batch_size, predownload=predownload)
+
     def _measurement(self, kind: str, **spec) -> harness.Measurement:
         return harness.Measurement(**self.call("measure", kind=kind, **spec))
 

@@ -91,6 +91,20 @@ def _sequences(data: str, predownload: int):
     return ((torch.from_numpy(s["tokens"].astype(np.int64)), s["label"]) for s in dataset)
 
 
+def _pad(samples):
+    """The benchmark's pad collate (``baseline.pad_batch``) over MDS samples."""
+    from torch.nn.utils.rnn import pad_sequence
+
+    tokens = [torch.from_numpy(s["tokens"].astype(np.int64)) for s in samples]
+    return (pad_sequence(tokens, batch_first=True), torch.tensor([len(t) for t in tokens]),
+            torch.tensor([s["label"] for s in samples]))
+
+
+def _padded(data: str, batch_size: int, predownload: int):
+    dataset = StreamingDataset(local=data, shuffle=False, batch_size=batch_size, predownload=predownload)
+    return StreamingDataLoader(dataset, batch_size=batch_size, collate_fn=_pad, num_workers=0)
+
+
 def measure(kind: str, **spec) -> dict:
     """One timed pass (the dataset built on the clock, as every contender's loader is)."""
     clean_stale_shared_memory()
@@ -98,6 +112,8 @@ def measure(kind: str, **spec) -> dict:
         m = harness.measure(lambda: _images(**spec), count_images)
     elif kind == "sequences":
         m = harness.measure(lambda: _sequences(**spec), lambda item: 1)
+    elif kind == "padded":
+        m = harness.measure(lambda: _padded(**spec), lambda batch: len(batch[1]))
     else:
         raise ValueError(f"unknown kind {kind!r}")
     return dataclasses.asdict(m)

@@ -91,10 +91,10 @@ def sequences(source: str | Path):
 
 
 def padded_loader(source: str | Path, batch_size: int, num_workers: int, *, bucketing: bool = False,
-                  max_tokens: int | None = None):
+                  max_tokens: int | None = None, shuffle: bool = True):
     """Shuffled ``pad_collate`` batches; with ``bucketing`` similar lengths go together; with
     ``max_tokens`` batches are cut by padded tokens instead of by count (bucketing implied)."""
-    dataset = shardkit.StreamingDataset(str(source), shuffle=True)
+    dataset = shardkit.StreamingDataset(str(source), shuffle=shuffle)
     if max_tokens:
         return shardkit.make_loader(dataset, max_tokens=max_tokens, bucketing=True, num_workers=num_workers)
     return shardkit.make_loader(dataset, batch_size, bucketing=bucketing, num_workers=num_workers)

@@ -45,6 +45,11 @@ def sequences(shards: list[Path]):
             .decode().to_tuple("npy", "cls").map_tuple(lambda a: torch.from_numpy(a).long(), int))
 
 
+def padded_sequences(shards: list[Path], batch_size: int, collate):
+    """The same, batched by webdataset's own ``.batched`` with ``collate`` (the benchmark's pad)."""
+    return sequences(shards).batched(batch_size, collation_fn=collate, partial=True)
+
+
 def write_images(files: list[Path], labels: list[int], out: Path, shards: int) -> list[Path]:
     """The conversion loop a webdataset user writes: read each file, write ``jpg`` + ``cls``."""
     out.mkdir(parents=True, exist_ok=True)

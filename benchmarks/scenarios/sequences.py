@@ -1,5 +1,5 @@
-"""Token sequences: samples/s read in one process (each sample a 1-D int64 tensor, in order), the
-bytes each format stores, the padded-token efficiency of batches with and without bucketing, and
+"""Token sequences: samples/s read in one process (each sample a 1-D int64 tensor, in order, and
+padded batches of them), the bytes each format stores, the padded-token efficiency of batches with and without bucketing, and
 tokens/s of fixed-length packed blocks (the peers' and the tutorials' packing)."""
 
 from __future__ import annotations
@@ -63,6 +63,60 @@ def throughput(ws: Workspace) -> list[dict[str, Any]]:
     for r in section["rows"]:
         r["stored_ratio"] = stored.get(r["contender"])
     return [section]
+
+
+BATCHED_BASELINE = "map-style JSONL + DataLoader(batch_size=B), pad_sequence collate"
+BATCHED_WEBDATASET = "webdataset .npy + .cls, .batched(B), the same collate"
+BATCHED_SHARDKIT = "shardkit make_loader(B): padded batches from the blocks"
+BATCHED_LITDATA = "litdata StreamingDataLoader(batch_size=B), the same collate"
+BATCHED_MOSAIC = "mosaicml streaming StreamingDataLoader(batch_size=B), the same collate"
+
+
+def _samples(batch) -> int:
+    return len(batch[1])
+
+
+def batched(ws: Workspace) -> list[dict[str, Any]]:
+    """The same sequences taken as a trainer takes them: padded batches ``(B×T int64, lengths,
+    labels)`` of 64, in order, one process (num_workers=0): each peer with its own loader and the
+    tutorial's ``pad_sequence`` collate, shardkit with ``make_loader``'s."""
+    b, n, pad = ws.cfg.batch_size, len(ws.records), baseline.pad_batch
+    why = litdata_peer.available()
+    # every format built before anything is timed
+    ws.webdataset_sequences, ws.shardkit_sequences
+    if not why:
+        ws.litdata_sequences
+    if ws.cfg.side_venvs:
+        ws.mosaic_sequences
+    contenders = [
+        harness.Contender(BATCHED_BASELINE, lambda: baseline.padded_loader(ws.src.jsonl, b, 0, shuffle=False),
+                          _samples, expected=n),
+        harness.Contender(BATCHED_WEBDATASET, lambda: webdataset_peer.padded_sequences(ws.webdataset_sequences, b, pad),
+                          _samples, expected=n),
+        harness.Contender(BATCHED_SHARDKIT, lambda: shardkit_peer.padded_loader(ws.shardkit_sequences, b, 0,
+                                                                                shuffle=False),
+                          _samples, expected=n),
+    ]
+    skipped = []
+    contenders.append(harness.failing(BATCHED_LITDATA, why) if why else harness.Contender(
+        BATCHED_LITDATA, lambda: litdata_peer.padded_sequences(ws.litdata_sequences, b, pad), _samples, expected=n))
+    if ws.cfg.side_venvs:
+        contenders.append(harness.Contender(BATCHED_MOSAIC, measured=lambda: ws.mosaic.padded_pass(ws.mosaic_sequences, b),
+                                            expected=n))
+    else:
+        skipped.append(mosaic_peer.SMOKE_SKIPPED)
+    for contender in contenders:  # each one's modules imported (one batch, untimed), as a trainer's are
+        if contender.run is not None:
+            try:
+                next(iter(contender.run()))
+            except Exception:  # noqa: BLE001 - its timed run records the failure
+                pass
+    outcomes = harness.compare(contenders, ws.cfg.rounds)
+    return [ratio_section("sequences_batched", f"Token sequences, padded batches of {b}, one process, in order",
+                          "samples/s", outcomes, BATCHED_BASELINE, per=10_000, per_unit="10,000 samples",
+                          skipped=skipped,
+                          notes=[f"the {n} sequences of the per-sample scenario, B = {b}; every contender "
+                                 f"delivers (padded B×T int64, lengths, labels); median of {ws.cfg.rounds}"])]
 
 
 class PaddingCounter:

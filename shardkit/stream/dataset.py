@@ -105,8 +105,9 @@ class StreamingDataset(Stream):
         ``txt`` str, ``json`` its value, ``npy`` a tensor, other extensions bytes).
 
     Every rank yields ``len(dataset)`` samples per epoch, and all ranks and DataLoader workers
-    together yield each sample exactly once (plus the padding). Each ``iter()`` reads the current
-    epoch and advances it, so the order changes every epoch even without :meth:`set_epoch`. With
+    together yield each sample exactly once (plus the padding). Each iteration reads the current
+    epoch and advances it (in the main process at its first ``next()``, in a DataLoader worker at
+    ``iter()``), so the order changes every epoch even without :meth:`set_epoch`. With
     a plain ``DataLoader`` and ``persistent_workers=False`` the workers get a copy of the epoch and
     the main process's copy does not advance: call ``set_epoch`` then, or use ``make_loader``.
 

@@ -142,3 +142,18 @@ def test_load_npy_refuses(make, fragment):
         load_npy(make(), "s.tar", "k.tokens.npy", kinds="iu", ndim=1)
     assert fragment in str(info.value)
 
+
+
+@pytest.mark.parametrize("field", ["npy", "weights.pth", "x.pickle", "m.pyd", "jpg", "json", "txt", "cls"])
+def test_pickled_members_never_run(tmp_path, field):
+    """A pickle (or an object array holding one) under any field is refused or yielded as bytes,
+    never unpickled: the file its unpickling would create never appears."""
+    Explode.target = str(tmp_path / "ran")
+    payload = npy(np.array([Explode()], dtype=object), allow_pickle=True) if field == "npy" \
+        else pickle.dumps(Explode())
+    try:
+        out = codec_of(field).decode(payload, "s.tar", f"k.{field}")
+    except ShardError:
+        out = None
+    assert out is None or out == payload or isinstance(out, str)
+    assert not (tmp_path / "ran").exists()

@@ -240,3 +240,22 @@ def test_a_failing_transform_surfaces_the_original_exception(image_root, workers
         next(iter(loader))
     text = str(info.value) + " ".join(getattr(info.value, "__notes__", []))
     assert "in the transform of" in text and "shard-0000" in text
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_a_shard_of_another_dataset_put_in_place_is_an_error_under_any_policy(tmp_path, on_error):
+    """Two datasets with shards of the same names and sizes (a conversion with --overwrite while a
+    reader runs): every header carries its dataset's stamp, so the swap is noticed, not streamed."""
+    from shardkit import ShardWriter
+
+    for name, text in (("a", "aaaa"), ("b", "bbbb")):
+        with ShardWriter(tmp_path / name, max_shard_samples=5) as writer:
+            for _ in range(10):
+                writer.write({"txt": text})
+    dataset = StreamingDataset(tmp_path / "a", shuffle=False, on_error=on_error)  # reads a's manifest
+    shard = "shard-000001.tar"
+    assert (tmp_path / "a" / shard).stat().st_size == (tmp_path / "b" / shard).stat().st_size
+    shutil.copyfile(tmp_path / "b" / shard, tmp_path / "a" / shard)
+    with pytest.raises(ShardError, match="belongs to another dataset") as info:
+        list(dataset)
+    assert info.value.shard == shard
