@@ -13,7 +13,6 @@ from PIL import Image
 
 import datagen
 from shardkit.errors import ShardError
-from shardkit.format.blocks import token_layout
 from shardkit.format.fields import CODECS, codec_of, extension, load_npy, sniff_image
 
 

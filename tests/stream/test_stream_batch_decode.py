@@ -6,7 +6,6 @@ full decode (bit for bit on the CPU), whatever the formats mixed in the batch.""
 from __future__ import annotations
 
 import dataclasses
-import io
 import pickle
 
 import numpy as np
