@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -32,7 +31,6 @@ import shutil
 import stat
 import tempfile
 
-import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,29 +40,13 @@ from ..format.index import IndexBuilder, index_name
 from ..format.manifest import MANIFEST_NAME, shard_name
 from ..format.tar import TarWriter
 from ..inspect import MANIFEST_LIMIT
-from ..storage.files import HashingWriter, temporary_path
+from ..storage.files import FileLock, HashingWriter, temporary_path
 from .owned import OUTPUT_NAME, PARTIAL_ENTRY, named_files, output_names, what
 
 PARTIAL = ".shardkit-partial"
 PLAN_NAME = "plan.json"
 LOCK_NAME = "lock"
 REPLACED_NAME = "replaced-manifest.json"
-_locked: "weakref.WeakSet[Destination]" = weakref.WeakSet()
-
-
-def _close_inherited_locks() -> None:
-    # A flock belongs to the open file, which a fork shares: a forked worker that outlives its
-    # parent (killed by the OOM killer or `docker stop`) would keep DST locked for good. The
-    # child closes its copy; the parent's lock stays, since its own descriptor is still open.
-    for dst in list(_locked):
-        if dst._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(dst._lock_fd)
-            dst._lock_fd = None
-    _locked.clear()
-
-
-os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 @dataclass
@@ -223,8 +205,7 @@ class Destination:
         self.path, self.storage_options = path, storage_options
         self.remote = storage.is_url(path)
         self.partial = storage.join(path, PARTIAL)
-        self._lock_fd: int | None = None
-        self._lock_pid = 0
+        self._lock: FileLock | None = None  # closed in forked workers: they never hold DST (H1)
         self._created = self._created_lock = False
         self._staging: str | None = None
 
@@ -263,21 +244,19 @@ class Destination:
                                    f"remove it, then run again")
         lock = os.path.join(self.partial, LOCK_NAME)
         self._created_lock = not os.path.lexists(lock)
+        self._lock = FileLock(lock)
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            taken = self._lock.acquire(wait=0)
         except OSError as err:
+            self._lock = None
             if err.errno == errno.ELOOP:
                 raise DestinationError(f"{lock} is a symbolic link; shardkit never follows a link out of the "
                                        f"destination: remove it, then run again") from None
             raise DestinationError(f"the destination {self.path} is not writable: {err.strerror or err}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        if not taken:
+            self._lock = None
             raise DestinationError(f"another conversion is writing into {self.path} (it holds "
-                                   f"{os.path.join(PARTIAL, LOCK_NAME)}); wait for it to finish") from None
-        self._lock_fd, self._lock_pid = fd, os.getpid()
-        _locked.add(self)
+                                   f"{os.path.join(PARTIAL, LOCK_NAME)}); wait for it to finish")
         try:
             self._check_partial()
         except BaseException:
@@ -301,7 +280,7 @@ class Destination:
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
             self._staging = None
-        if self._lock_fd is None or self._lock_pid != os.getpid():
+        if self._lock is None or not self._lock.held:  # never entered, or a forked worker's copy
             return
         # Leave nothing behind that a later run could mistake for work in progress; the temporary
         # files are those of workers stopped mid-shard (the pool is gone by now, and we hold the lock).
@@ -318,9 +297,8 @@ class Destination:
                 os.rmdir(self.path)
         except OSError:
             pass
-        _locked.discard(self)
-        os.close(self._lock_fd)
-        self._lock_fd = None
+        self._lock.release()
+        self._lock = None
 
     # --- storage, local or remote ---
 

@@ -135,7 +135,8 @@ class FileLock:
     its parent would keep the lock held forever (a "stale lock"). So every lock held in a process
     is closed in its forked children (closing a duplicate never releases the parent's lock). A
     lock file that is deleted while a process waits on it (eviction) is noticed and the new file
-    is locked instead.
+    is locked instead. A lock file that is a symbolic link is never followed (``ELOOP``): a lock
+    may sit in a directory someone else can write.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -146,12 +147,12 @@ class FileLock:
         """Take the lock; wait ``wait`` seconds at most (None: forever, 0: not at all). True if taken.
 
         Raises:
-            OSError: the lock file cannot be created or opened.
+            OSError: the lock file cannot be created or opened (``ELOOP``: it is a symbolic link).
         """
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         deadline = None if wait is None else time.monotonic() + wait
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
             if not _flock(fd, mode, deadline):
                 os.close(fd)
                 return False
