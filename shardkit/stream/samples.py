@@ -97,11 +97,22 @@ class SampleStream:
         segments, groups, row = list(segments), [], 0
         for i, seg in enumerate(segments):
             self._open_next(segments, i)
-            if seg.seed is None:
-                wanted = np.arange(seg.start + seg.lo, seg.start + seg.hi)
-                blocks = self.reader.read_blocks(seg.shard, int(wanted[0]), int(wanted[-1]) + 1) if len(wanted) else []
-            else:
-                blocks, wanted = self._span_of(seg, self.reader.read_blocks), seg.indices()
+            if seg.seed is None:  # in order: each block's part is a range, no search needed
+                a, b = seg.start + seg.lo, seg.start + seg.hi
+                blocks = self.reader.read_blocks(seg.shard, a, b) if b > a else []
+                if blocks is None:
+                    return None
+                for first, held in blocks:
+                    lo, hi = max(a, first), min(b, first + len(held))
+                    if lo < hi:
+                        groups.append(BlockGroup(held.block, np.arange(row + lo - a, row + hi - a),
+                                                 np.arange(lo - first, hi - first), True))
+                if b > a:
+                    first, held = blocks[-1]
+                    self._last_good = held[b - 1 - first], seg.shard, b - 1
+                row += b - a
+                continue
+            blocks, wanted = self._span_of(seg, self.reader.read_blocks), seg.indices()
             if blocks is None:
                 return None
             firsts = np.array([first for first, _ in blocks], dtype=np.int64)
@@ -109,7 +120,7 @@ class SampleStream:
             for g in np.unique(which).tolist():
                 rows = np.flatnonzero(which == g)
                 first, held = blocks[g]
-                groups.append((held.block, row + rows, wanted[rows] - first))
+                groups.append(BlockGroup(held.block, row + rows, wanted[rows] - first))
             if len(wanted):
                 first, held = blocks[int(which[-1])]
                 self._last_good = held[int(wanted[-1]) - first], seg.shard, int(wanted[-1])

@@ -139,16 +139,18 @@ def _slow_pad(batch):
     return pad_collate(batch)  # not pad_collate itself: the loader then goes sample by sample
 
 
+@pytest.mark.parametrize("shuffle", [True, False], ids=["shuffled", "stored-order"])
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("labelled", [True, False])
-def test_padded_batches_from_the_blocks_equal_pad_collate_of_the_samples(tmp_path, workers, labelled):
+def test_padded_batches_from_the_blocks_equal_pad_collate_of_the_samples(tmp_path, workers, labelled, shuffle):
     from stream_helpers import id_sequences, write_sequence_shards
 
     seqs = id_sequences(97, max_len=30)
     write_sequence_shards(tmp_path / "ds", seqs, [40, 57], labels=[i % 7 for i in range(97)] if labelled else None,
                           block=9)  # batches of 10 straddle blocks and shards
     def batches(collate):
-        ds = StreamingDataset(tmp_path / "ds", seed=3, shuffle_buffer=12)
+        ds = StreamingDataset(tmp_path / "ds", seed=3, shuffle_buffer=12) if shuffle else \
+            StreamingDataset(tmp_path / "ds", shuffle=False)  # in stored order: each block's part is one slice
         return list(make_loader(ds, 10, num_workers=workers, **({"collate_fn": collate} if collate else {})))
 
     fast, slow = batches(None), batches(_slow_pad)
