@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .nested import map_leaves
 from .shared import cat
 
 #: Each tensor starts at a multiple of this in the buffer, so that its view is aligned.
@@ -39,26 +40,18 @@ def bundle(batches: list[Any]) -> Bundle:
     parts: list[torch.Tensor] = []
     size = 0
 
-    def walk(value: Any) -> Any:
+    def put(value: torch.Tensor) -> _Slot:
         nonlocal size
-        if isinstance(value, torch.Tensor):
-            flat = value.contiguous().reshape(-1).view(torch.uint8)
-            pad = -size % _ALIGN
-            if pad:
-                parts.append(torch.zeros(pad, dtype=torch.uint8))
-            offset = size + pad
-            parts.append(flat)
-            size = offset + flat.numel()
-            return _Slot(value.dtype, offset, tuple(value.shape))
-        if isinstance(value, tuple) and hasattr(value, "_fields"):
-            return type(value)(*(walk(v) for v in value))
-        if isinstance(value, (tuple, list)):
-            return type(value)(walk(v) for v in value)
-        if isinstance(value, dict):
-            return {k: walk(v) for k, v in value.items()}
-        return value
+        flat = value.contiguous().reshape(-1).view(torch.uint8)
+        pad = -size % _ALIGN
+        if pad:
+            parts.append(torch.zeros(pad, dtype=torch.uint8))
+        offset = size + pad
+        parts.append(flat)
+        size = offset + flat.numel()
+        return _Slot(value.dtype, offset, tuple(value.shape))
 
-    layout = [walk(b) for b in batches]
+    layout = [map_leaves(b, put) for b in batches]
     return Bundle(cat(parts) if parts else torch.empty(0, dtype=torch.uint8), layout)
 
 
@@ -66,18 +59,10 @@ def unbundle(packed: Bundle) -> list[Any]:
     """The batches of a :class:`Bundle`, their tensors views of its buffer."""
     buffer = packed.buffer
 
-    def walk(value: Any) -> Any:
-        if isinstance(value, _Slot):
-            n = value.dtype.itemsize
-            for d in value.shape:
-                n *= d
-            return buffer[value.offset:value.offset + n].view(value.dtype).view(value.shape)
-        if isinstance(value, tuple) and hasattr(value, "_fields"):
-            return type(value)(*(walk(v) for v in value))
-        if isinstance(value, (tuple, list)):
-            return type(value)(walk(v) for v in value)
-        if isinstance(value, dict):
-            return {k: walk(v) for k, v in value.items()}
-        return value
+    def view(slot: _Slot) -> torch.Tensor:
+        n = slot.dtype.itemsize
+        for d in slot.shape:
+            n *= d
+        return buffer[slot.offset:slot.offset + n].view(slot.dtype).view(slot.shape)
 
-    return [walk(b) for b in packed.layout]
+    return [map_leaves(b, view, _Slot) for b in packed.layout]

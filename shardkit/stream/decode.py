@@ -42,22 +42,8 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
     """``(width, height)`` from a JPEG's frame header, None if none is found (not a JPEG, damaged)."""
-    if data[:2] != b"\xff\xd8":
-        return None
-    i, n = 2, len(data)
-    while i + 9 < n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            i += 2
-        elif marker in _SOF_MARKERS:
-            return (data[i + 7] << 8) | data[i + 8], (data[i + 5] << 8) | data[i + 6]
-        else:
-            i += 2 + ((data[i + 2] << 8) | data[i + 3])
-    return None
+    frame = jpeg_frame(data)
+    return None if frame is None else (frame.width, frame.height)
 
 
 class JpegFrame(NamedTuple):
@@ -70,8 +56,8 @@ class JpegFrame(NamedTuple):
 
 
 def jpeg_frame(data: bytes) -> JpegFrame | None:
-    """The JPEG's frame header (the same marker walk as :func:`jpeg_size`, which it extends with
-    the header's offset and MCU height), None if there is none (not a JPEG, damaged)."""
+    """The JPEG's frame header: its offset, size and MCU height, found by walking the markers;
+    None if there is none (not a JPEG, damaged)."""
     if data[:2] != b"\xff\xd8":
         return None
     i, n = 2, len(data)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .batch_decode import EncodedCropBatch, decode_crop_batch
+from .nested import map_leaves
 
 #: Host output buffers kept for reuse (a consumer rarely holds more batches than this at once).
 _POOL_SIZE = 4
@@ -96,7 +97,7 @@ class DeviceLoader:
             consumer.wait_stream(side)
             batch, state = ahead
             # made on the side stream, used on the consumer's: keep the memory until it is done
-            _each_tensor(batch, lambda t: t.record_stream(consumer))
+            map_leaves(batch, lambda t: t.record_stream(consumer))
             ahead = start_next()
             self._state = state
             yield batch
@@ -119,13 +120,7 @@ class DeviceLoader:
                 return type(value)(*(self._convert(v, i in keys) for i, v in enumerate(value)))
             if isinstance(value, (tuple, list)):
                 return type(value)(self._convert(v, i in keys) for i, v in enumerate(value))
-        if isinstance(value, tuple) and hasattr(value, "_fields"):
-            return type(value)(*(self._convert(v, image) for v in value))
-        if isinstance(value, (tuple, list)):
-            return type(value)(self._convert(v, image) for v in value)
-        if isinstance(value, dict):
-            return {k: self._convert(v, image) for k, v in value.items()}
-        return value
+        return map_leaves(value, lambda v: self._convert(v, image), (torch.Tensor, EncodedCropBatch))
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         if self._scale.shape[1] not in (1, images.shape[1]):
@@ -192,14 +187,3 @@ class _HostBuffers:
             out = flat.view(shape)
         self._buffers[i] = (memory, weakref.ref(out.untyped_storage()))
         return out
-
-
-def _each_tensor(value: Any, fn) -> None:
-    if isinstance(value, torch.Tensor):
-        fn(value)
-    elif isinstance(value, (tuple, list)):
-        for v in value:
-            _each_tensor(v, fn)
-    elif isinstance(value, dict):
-        for v in value.values():
-            _each_tensor(v, fn)

@@ -29,6 +29,7 @@ from .bundle import bundle, unbundle
 from .collate import BucketBatchSampler
 from .base import Stream, seed_globals
 from .dataset import StreamingDataset
+from .nested import map_leaves
 from .packing import Packer, batches_per_rank
 from .plan import Layout, Segment, batch_order, samples_per_rank, worker_ranges
 from .shared import SharedBatches
@@ -146,15 +147,7 @@ class Fetched(NamedTuple):
 
 def _pinned(value: Any) -> Any:
     """``value`` with every tensor in tuples, named tuples, lists and dicts copied to pinned memory."""
-    if isinstance(value, torch.Tensor):
-        return value.pin_memory()
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(_pinned(v) for v in value))
-    if isinstance(value, (tuple, list)):
-        return type(value)(_pinned(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _pinned(v) for k, v in value.items()}
-    return value
+    return map_leaves(value, torch.Tensor.pin_memory)
 
 
 class StreamingLoader(DataLoader):
