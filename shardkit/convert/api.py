@@ -90,7 +90,8 @@ def convert(src: str | os.PathLike | Sequence[str | os.PathLike], dst: str | os.
     root = _local_if_file_url(os.fspath(root)) if root is not None else None
 
     # A URL is listed once, for both questions: a LIST of a large prefix is thousands of requests.
-    listed_remotely = isinstance(src, str) and is_url(src) and kind != "sequences" and not has_file_extension(src)
+    listed_remotely = (isinstance(src, str) and is_url(src) and not has_file_extension(src)
+                       and (kind is None or kinds.get(kind).reads_remote))
     remote_files = list_files(src, storage_options) if listed_remotely else None
     input_kind = kinds.get(kind or detect_kind(src, storage_options, remote_files=remote_files, options=opts,
                                                labels=labels))

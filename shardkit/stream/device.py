@@ -135,7 +135,14 @@ class DeviceLoader:
         torch.set_num_threads(1)
         try:
             out = self._pool.take(images.shape, self.dtype, fmt)
-            return out.copy_(images).mul_(self._scale).add_(self._shift)
+            # A few images at a time, so each chunk's floats are still in the cache for the
+            # multiply and the add (the whole batch at once is 3 passes through memory): 64×3×224×224
+            # on one thread 5.5-6.4 -> 4.1 ms; in the main process beside 2 workers, 2000 images
+            # 294 -> 239 ms.
+            step = max(1, _CHUNK_BYTES // max(1, out[0].numel() * out.element_size())) if len(out) else 1
+            for i in range(0, len(out), step):
+                out[i:i + step].copy_(images[i:i + step]).mul_(self._scale).add_(self._shift)
+            return out
         finally:
             torch.set_num_threads(threads)
 
@@ -150,6 +157,10 @@ class DeviceLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loader.load_state_dict(state)
         self._state = None
+
+
+#: Bytes of floats normalised at a time on the CPU (within a core's L2 cache).
+_CHUNK_BYTES = 1 << 20
 
 
 class _HostBuffers:

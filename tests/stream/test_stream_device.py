@@ -15,10 +15,10 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
                                                                 reason="needs a CUDA device"))]
 
 
-def batches(n=3):
+def batches(n=3, hw=(8, 6), b=4):
     g = torch.Generator().manual_seed(0)
-    return [(torch.randint(0, 256, (4, 3, 8, 6), dtype=torch.uint8, generator=g), torch.arange(4) + i,
-             {"mask": torch.ones(4, 2, dtype=torch.bool)}) for i in range(n)]
+    return [(torch.randint(0, 256, (b, 3, *hw), dtype=torch.uint8, generator=g), torch.arange(b) + i,
+             {"mask": torch.ones(b, 2, dtype=torch.bool)}) for i in range(n)]
 
 
 def reference(images, mean=MEAN, std=STD):
@@ -28,8 +28,9 @@ def reference(images, mean=MEAN, std=STD):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_images_become_normalised_floats(device, channels_last):
-    source = batches()
+@pytest.mark.parametrize("hw, b", [((8, 6), 4), ((300, 330), 5)], ids=["small", "chunked"])  # chunked: > 1 MiB of floats per image
+def test_images_become_normalised_floats(device, channels_last, hw, b):
+    source = batches(hw=hw, b=b)
     out = list(DeviceLoader(source, device, MEAN, STD, channels_last=channels_last))
     assert len(out) == 3
     for (images, labels, extra), (raw, raw_labels, raw_extra) in zip(out, source):

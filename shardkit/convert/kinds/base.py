@@ -60,6 +60,8 @@ class InputKind:
     empty_hint: ClassVar[str] = ""
     #: SRC may be a list of paths (webdataset tars)
     takes_lists: ClassVar[bool] = False
+    #: SRC may be a URL (else ``check`` refuses one, and a remote prefix is never listed for it)
+    reads_remote: ClassVar[bool] = True
 
     def check(self, src: str | list[str], dst: str, opts: ConvertOptions) -> None:
         """Refuse, before anything is written, what this kind cannot do (a remote source it does

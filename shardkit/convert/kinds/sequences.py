@@ -21,6 +21,7 @@ class SequencesKind(InputKind):
     name = "sequences"
     reads = "no .jsonl or .txt file"
     empty_hint = "; if these lines are the rows of a table, pass --kind table"
+    reads_remote = False
 
     def check(self, src, dst, opts) -> None:
         if is_url(src):

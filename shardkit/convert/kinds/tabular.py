@@ -59,6 +59,7 @@ class Rows:
 class TabularKind(InputKind):
     name = "tabular"
     reads = "no .csv, .parquet or .npz file"
+    reads_remote = False
 
     def check(self, src, dst, opts) -> None:
         if is_url(src):
