@@ -15,6 +15,8 @@ from .nested import map_leaves
 
 #: Host output buffers kept for reuse (a consumer rarely holds more batches than this at once).
 _POOL_SIZE = 4
+#: Bytes of floats normalised at a time on the CPU (within a core's L2 cache).
+_CHUNK_BYTES = 1 << 20
 
 
 class DeviceLoader:
@@ -157,10 +159,6 @@ class DeviceLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loader.load_state_dict(state)
         self._state = None
-
-
-#: Bytes of floats normalised at a time on the CPU (within a core's L2 cache).
-_CHUNK_BYTES = 1 << 20
 
 
 class _HostBuffers:
