@@ -69,7 +69,37 @@ class Column:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> "Column":
-        return cls(**{k: doc[k] for k in ("field", "member", "kind", "dtype", "width", "lengths", "optional") if k in doc})
+        """The column a manifest records.
+
+        Raises:
+            ValueError: a value of the wrong type or out of range (the manifest loader names the file).
+        """
+        column = cls(**{k: doc[k] for k in ("field", "member", "kind", "dtype", "width", "lengths", "optional")
+                        if k in doc})
+        what = f"block column {column.field!r:.40}"
+        if column.kind not in ("ragged", "rows", "scalar"):
+            raise ValueError(f"{what} is of an unknown kind")
+        names = (column.field, column.member) + ((column.lengths,) if column.kind == "ragged" else ())
+        if not all(_is_name(n) for n in names) or column.lengths not in (None, *names[2:]):
+            raise ValueError(f"{what} has a name that is not a non-empty string without '/'")
+        if not isinstance(column.optional, bool):
+            raise ValueError(f"{what} has an 'optional' that is not true or false")
+        if column.dtype is not None and not (isinstance(column.dtype, str) and _is_dtype(column.dtype)):
+            raise ValueError(f"{what} has an unknown dtype")
+        if column.width is not None and not (type(column.width) is int and column.width > 0):
+            raise ValueError(f"{what} has a width that is not a positive integer")
+        return column
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) and bool(value) and "/" not in value
+
+
+def _is_dtype(name: str) -> bool:
+    try:
+        return np.dtype(name).kind in "biuf"
+    except TypeError:
+        return False
 
 
 @dataclass

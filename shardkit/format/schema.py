@@ -57,9 +57,16 @@ class FieldSpec:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> "FieldSpec":
-        shape = doc.get("shape")
-        return cls(doc["name"], bool(doc.get("optional", False)), doc.get("dtype"),
-                   tuple(shape) if shape is not None else None)
+        """The field a manifest records.
+
+        Raises:
+            ValueError: a value of the wrong type (the manifest loader names the file).
+        """
+        shape, dtype, optional = doc.get("shape"), doc.get("dtype"), doc.get("optional", False)
+        if not isinstance(optional, bool) or not (dtype is None or isinstance(dtype, str)) or not (
+                shape is None or (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape))):
+            raise ValueError(f"schema field {doc.get('name')!r:.40} has a bad optional, dtype or shape")
+        return cls(doc["name"], optional, dtype, tuple(shape) if shape is not None else None)
 
 
 @dataclass(frozen=True)
