@@ -19,14 +19,13 @@ from .kinds.base import InputKind, Listed, Request
 from .options import ConvertOptions
 from .output import ChunkResult, Destination, ShardRecord
 from .owned import named_files
-from .plan import Plan, digest
+from .plan import Plan, content_digest, digest
 from .pool import WorkerPool
 from .progress import progress_bar
 from .sources import detect_kind, has_file_extension, skip_sort_key
 
 log = logging.getLogger(__name__)
 #: What convert reads (see :mod:`.kinds`).
-SOURCE_KINDS = tuple(kinds.KINDS)
 #: How many skipped entries a strict or empty failure lists.
 STRICT_SHOWN = 5
 
@@ -155,7 +154,7 @@ def _plan_and_write(src, kind: InputKind, listed: Listed, opts: ConvertOptions, 
         # On Dask the shards are written by the cluster; locally a worker takes a whole shard (for
         # kinds written so), or a chunk of one when there are fewer shards than workers.
         whole = kind.whole_shards and workers <= plan.num_shards
-        wanted = 1 if on_dask else min(workers, plan.num_shards if whole else _chunk_count(plan))
+        wanted = 1 if on_dask else min(workers, plan.num_shards if whole else _chunk_count(plan, workers))
         if pool is None or (not on_dask and pool.workers < wanted):
             if pool is not None:
                 pool.close()
@@ -174,7 +173,9 @@ def _make_plan(kind: InputKind, listed: Listed, scans: list, opts: ConvertOption
             for result in pool.map(scans):
                 results.append(result)
                 bar.update(scans[len(results) - 1].nbytes)
-    return kind.plan(listed, results, opts, plan_digest)
+    plan = kind.plan(listed, results, opts, plan_digest)
+    plan.stamps = content_digest(kind.name, opts, listed.listing())  # names and sizes: the same for a copy
+    return plan
 
 
 def _check_plan(plan: Plan, out: Destination, src, kind: InputKind) -> None:
@@ -184,8 +185,14 @@ def _check_plan(plan: Plan, out: Destination, src, kind: InputKind) -> None:
         _fail_empty(out, src, kind, plan.skipped)
 
 
-def _chunk_count(plan: Plan) -> int:
-    return sum(len(execute.shard_tasks(plan, i)) for i in range(plan.num_shards))
+def _chunk_count(plan: Plan, at_most: int) -> int:
+    """How many chunk tasks the shards make, counted up to ``at_most`` (the workers wanted)."""
+    count = 0
+    for i in range(plan.num_shards):
+        count += len(execute.shard_tasks(plan, i))
+        if count >= at_most:
+            break
+    return count
 
 
 def _report_ignored(src, kind: InputKind, ignored: list[str]) -> None:

@@ -41,7 +41,7 @@ def write_shard(plan: Plan, index: int, dst: Destination) -> ShardRecord:
         DestinationError: the shard cannot be written (disk full, ...); no file is left under its name.
         SourceError: a source record changed since it was planned.
     """
-    return _write(dst, index, shard_stamp(plan.stamps or plan.digest, index), (task() for task in shard_tasks(plan, index)))
+    return _write(dst, index, shard_stamp(plan.stamps, index), (task() for task in shard_tasks(plan, index)))
 
 
 def _write(dst: Destination, index: int, stamp: str, results: Iterable[ChunkResult]) -> ShardRecord:
@@ -88,7 +88,7 @@ def run_shards(plan: Plan, dst: Destination, todo: list[int], pool: WorkerPool,
     written; ``on_shard`` sees the record of each shard written whole by a worker.
     """
     if kinds.get(plan.kind).whole_shards and not plan.options.strict and 1 < pool.workers <= len(todo):
-        tasks = (ShardTask(dst.path, dst.storage_options, index, shard_stamp(plan.stamps or plan.digest, index),
+        tasks = (ShardTask(dst.path, dst.storage_options, index, shard_stamp(plan.stamps, index),
                            tuple(shard_tasks(plan, index))) for index in todo)
         for index, record in zip(todo, pool.map(tasks, window=2 * pool.workers)):
             on_shard(record)
@@ -113,7 +113,7 @@ def run_shards(plan: Plan, dst: Destination, todo: list[int], pool: WorkerPool,
             index, last = plan_of.popleft()
             on_chunk(result)
             if writer is None:
-                writer = ShardWriter(dst, index, shard_stamp(plan.stamps or plan.digest, index))
+                writer = ShardWriter(dst, index, shard_stamp(plan.stamps, index))
             writer.add(result)
             if last:
                 record = writer.finish()

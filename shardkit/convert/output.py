@@ -40,7 +40,7 @@ from ..format.index import IndexBuilder, index_name
 from ..format.manifest import MANIFEST_NAME, shard_name
 from ..format.tar import TarWriter
 from ..inspect import MANIFEST_LIMIT
-from ..storage.files import FileLock, HashingWriter, temporary_path
+from ..storage.files import FileLock, HashingWriter, fsync_dir, sha256_of_file, temporary_path
 from .owned import OUTPUT_NAME, PARTIAL_ENTRY, named_files, output_names, what
 
 PARTIAL = ".shardkit-partial"
@@ -80,14 +80,6 @@ class ShardRecord:
     skipped: list[dict[str, Any]]
     stamp: str | None = None
     index: dict[str, Any] | None = None
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _space_error(err: OSError, what: str, dst: str) -> DestinationError:
@@ -344,7 +336,7 @@ class Destination:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         if not self.remote:
-            _fsync_dir(os.path.dirname(final) or ".")
+            fsync_dir(os.path.dirname(final) or ".")
 
     def _size_and_sha256(self, name: str) -> tuple[int, str] | None:
         path = storage.join(self.path, name)
@@ -352,12 +344,7 @@ class Destination:
             return storage.sha256_of(path, self.storage_options) if storage.exists(path, self.storage_options) else None
         if self._kind(name) != "a regular file":  # a link or a FIFO in a shard's place is no shard
             return None
-        h, size = hashlib.sha256(), 0
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-                size += len(chunk)
-        return size, h.hexdigest()
+        return sha256_of_file(path)
 
     # --- what is already there ---
 
@@ -441,7 +428,7 @@ class Destination:
             self._write_small(REPLACED_NAME, text, f"the replaced {MANIFEST_NAME}", self.partial)
             self._remove(where)
             if not self.remote:
-                _fsync_dir(self.path)
+                fsync_dir(self.path)
         for name in sorted(removable):
             self._remove(storage.join(self.path, name))
         self.clear_partial()

@@ -62,16 +62,8 @@ class Plan:
     #: what the kind's shard tasks read: its listed (and scanned) source
     source: Any = None
     block_starts: np.ndarray | None = None
-    #: what the shards' stamps derive from (:func:`content_digest`; the digest when not set)
+    #: what the shards' stamps derive from: :func:`content_digest`, which ``convert`` sets for every kind
     stamps: str = ""
-
-    @property
-    def images(self) -> ImageSource:
-        return self.source
-
-    @property
-    def sequences(self) -> SequenceTable:
-        return self.source
 
     @property
     def num_shards(self) -> int:
@@ -141,8 +133,7 @@ def plan_images(source: ImageSource, options: ConvertOptions, digest_: str) -> P
         image_meta(item.path, item.label, source.classes[item.label]), META_FIELD)))) for item in source.items],
         dtype=np.int64)
     starts = cut(per_sample[order] if len(order) else per_sample, options.max_shard_size, options.max_shard_samples)
-    return Plan("images", options, digest_, order, starts, list(source.skipped), source=source,
-                stamps=content_digest("images", options, source.listing()))
+    return Plan("images", options, digest_, order, starts, list(source.skipped), source=source)
 
 
 def block_bytes(ntokens: np.ndarray, labels: np.ndarray | None, dtype: np.dtype) -> int:
@@ -187,5 +178,4 @@ def plan_sequences(table: SequenceTable, options: ConvertOptions, digest_: str,
     if n:
         shard_starts.append(n)
     return Plan("sequences", options, digest_, order, np.array(shard_starts, dtype=np.int64), skipped,
-                source=table, block_starts=np.array(block_starts, dtype=np.int64),
-                stamps=content_digest("sequences", options, table.source.listing()))
+                source=table, block_starts=np.array(block_starts, dtype=np.int64))

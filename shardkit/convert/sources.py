@@ -10,7 +10,6 @@ only where torchvision would list a directory twice (see :mod:`.names`). Names a
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 from ..errors import SourceError
 from ..format.tar import DEFAULT_MAX_MEMBER_SIZE
 from ..storage import FileEntry, is_url, list_files
+from ..storage.files import sha256_of_file
 from .lines import RecordError, is_blank, parse_line
 from .names import Walker, dir_key, record_name, relative
 
@@ -68,13 +68,6 @@ def _examples(names: list[str]) -> str:
     return ", ".join(names[:_SHOWN]) + (", ..." if len(names) > _SHOWN else "")
 
 
-def _sha256_of(fd: int) -> str:
-    h = hashlib.sha256()
-    while chunk := os.read(fd, 1 << 20):
-        h.update(chunk)
-    return h.hexdigest()
-
-
 def file_stamp(path: str | bytes, st: os.stat_result, checksum: bool) -> str:
     """What changes when a local file's content does: its modification time in nanoseconds, and
     its sha256 when it is small or ``checksum`` is set (an edit that keeps size and time shows)."""
@@ -85,7 +78,7 @@ def file_stamp(path: str | bytes, st: os.stat_result, checksum: bool) -> str:
         except OSError:
             return stamp + ":unreadable"  # the file itself is skipped, with the reason, when converted
         try:
-            stamp += ":" + _sha256_of(fd)
+            stamp += ":" + sha256_of_file(fd)[1]
         except OSError:
             stamp += ":unreadable"
         finally:
@@ -294,7 +287,7 @@ def _data_file(path: str, root: str, checksum: bool, formats: dict[str, str], wh
             raise SourceError(f"the {what} file {rel} in {root} is not a regular file")
         stamp = str(st.st_mtime_ns)
         if checksum or st.st_size <= HASHED_SIZE:
-            stamp += ":" + _sha256_of(fd)
+            stamp += ":" + sha256_of_file(fd)[1]
     except OSError as err:
         raise SourceError(f"cannot read the {what} file {rel} in {root}: {err.strerror or err}") from None
     finally:

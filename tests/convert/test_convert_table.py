@@ -171,3 +171,11 @@ def test_remote_table_and_images(tmp_path):
             assert got[row["caption"]][f"path.{ext}"] == (tmp_path / "src" / row["path"]).read_bytes()
     finally:
         fs.rm(url, recursive=True)
+
+
+def test_a_table_in_a_folder_whose_name_needs_escaping_finds_its_images(tmp_path):
+    # the table's folder is where its image paths lead from: its real name, not the recorded escape
+    folder = tmp_path / "src" / "x\\y"
+    rows = caption_rows(folder, 4)
+    manifest = shardkit.convert(write_table(folder / "pairs.csv", rows, "csv"), tmp_path / "out", image_field="path")
+    assert manifest.samples == 4 and not manifest.skipped

@@ -121,3 +121,12 @@ def test_same_bytes_for_any_worker_count(tmp_path):
     shardkit.convert(tmp_path / "old", tmp_path / "w1", workers=1, max_shard_samples=4)
     shardkit.convert(tmp_path / "old", tmp_path / "w2", workers=2, max_shard_samples=4)
     assert dst_files(tmp_path / "w1") == dst_files(tmp_path / "w2")
+
+
+def test_a_tar_whose_name_needs_escaping_is_read(tmp_path):
+    # recorded names escape a backslash (and undecodable bytes); the tar is opened by its real name
+    samples = write_tars(tmp_path / "old", tars=1, per_tar=4)
+    (tmp_path / "old" / "old-000000.tar").rename(tmp_path / "old" / "a\\b.tar")
+    manifest = shardkit.convert(tmp_path / "old", tmp_path / "out")
+    assert manifest.samples == 4 and not manifest.skipped
+    assert set(read_back(tmp_path / "out")) == set(samples)

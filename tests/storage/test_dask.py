@@ -9,7 +9,7 @@ from datagen import dst_files
 from shardkit.convert import dask as on_dask
 from shardkit.convert.options import ConvertOptions
 from shardkit.convert.output import Destination
-from shardkit.convert.plan import digest, plan_images
+from shardkit.convert.plan import content_digest, digest, plan_images
 from shardkit.convert.sources import list_images
 from shardkit.errors import MissingExtraError
 
@@ -26,6 +26,7 @@ def _convert_on_dask(src, dst, client, options):
     source = list_images(str(src))
     plan_digest = digest("images", opts, source.listing())
     plan = plan_images(source, opts, plan_digest)
+    plan.stamps = content_digest("images", opts, source.listing())
     with Destination(str(dst)) as out:
         out.start(plan_digest, "images", opts.as_params())
         records = dict(on_dask.run_shards(plan, out, list(range(plan.num_shards)), client=client))

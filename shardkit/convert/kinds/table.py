@@ -25,9 +25,9 @@ from ...format.manifest import Manifest
 from ...format.records import sample_key, sample_members
 from ...format.schema import FieldSpec, Schema
 from ..images import SkipImage, encode_image, read_source
-from ..names import relative
+from ..names import relative, source_path
 from ..output import ChunkResult
-from ..plan import Plan, content_digest, cut, sample_order
+from ..plan import Plan, cut, sample_order
 from ..sources import TABLE_FORMATS, DataFile, DataSource, list_data_files, skip_entry
 from ..table_scan import TableScan, read_scratch_row
 from ..tables import table_parts
@@ -114,8 +114,7 @@ class TableKind(InputKind):
         estimate = (cat("image_bytes") + cat("nbytes") + (len(columns) + 1) * 1024).astype(np.int64)
         starts = cut(estimate[order] if len(order) else estimate, opts.max_shard_size, opts.max_shard_samples)
         skipped = list(listed.skipped) + [e for s in scans for e in s.skipped]
-        return Plan("table", opts, digest, order, starts, skipped, source=rows,
-                    stamps=content_digest("table", opts, listed.listing()))
+        return Plan("table", opts, digest, order, starts, skipped, source=rows)
 
     def shard_tasks(self, plan, index):
         rows, opts = plan.source, plan.options
@@ -149,10 +148,10 @@ def _base(source: DataSource, file: int, root: str | None) -> str:
     """Where the images of a table file are looked up: ``root``, or the table's own directory."""
     if root is not None:
         return root
-    rel = source.files[file].path
+    where = os.fsdecode(source_path(source.root, source.files[file].path))  # the real name, not its escape
     if storage.is_url(source.root):
-        return storage.join(source.root, rel).rsplit("/", 1)[0]
-    return os.path.dirname(os.path.join(source.root, rel)) or "."
+        return where.rsplit("/", 1)[0]
+    return os.path.dirname(where) or "."
 
 
 def _list_remote(src: str, request: Request) -> DataSource:

@@ -25,7 +25,7 @@ from ...format.tar import END_OF_ARCHIVE, entry_bytes
 from ...storage import is_url
 from ..names import relative, source_path
 from ..output import ChunkResult
-from ..plan import Plan, content_digest, sample_order
+from ..plan import Plan, sample_order
 from ..sources import file_stamp, list_data_files
 from ..tables import GROUPS_PER_PART, parquet_file
 from ..tabular_scan import Part, TabularScan
@@ -126,8 +126,7 @@ class TabularKind(InputKind):
                     (min((s.label_range[0] for s in kept), default=0), max((s.label_range[1] for s in kept), default=0)))
         order = sample_order(len(rows), opts)
         shard_starts, block_starts = cut_rows(len(rows), width, opts.max_shard_size, opts.max_shard_samples)
-        return Plan("tabular", opts, digest, order, shard_starts, skipped, source=rows, block_starts=block_starts,
-                    stamps=content_digest("tabular", opts, listed.listing()))
+        return Plan("tabular", opts, digest, order, shard_starts, skipped, source=rows, block_starts=block_starts)
 
     def shard_tasks(self, plan, index):
         rows = plan.source

@@ -29,9 +29,9 @@ from ...format.records import group_samples, sample_key, split_name
 from ...format.schema import infer_schema
 from ...format.tar import entry_bytes, iter_members
 from ..images import SkipImage, encode_image
-from ..names import relative
+from ..names import relative, source_path
 from ..output import ChunkResult
-from ..plan import Plan, content_digest, cut, sample_order
+from ..plan import Plan, cut, sample_order
 from ..sources import TAR_FORMATS, DataFile, DataSource, file_stamp, list_data_files, skip_entry
 from .base import InputKind, Listed, Request, all_skipped, refuse_dst_inside, shard_infos
 
@@ -175,8 +175,7 @@ class WebdatasetKind(InputKind):
         starts = cut(samples.nbytes[order] if len(order) else samples.nbytes, opts.max_shard_size,
                      opts.max_shard_samples)
         skipped = list(listed.skipped) + [e for s in scans for e in s.skipped]
-        return Plan("webdataset", opts, digest, order, starts, skipped, source=samples,
-                    stamps=content_digest("webdataset", opts, listed.listing()))
+        return Plan("webdataset", opts, digest, order, starts, skipped, source=samples)
 
     def shard_tasks(self, plan, index):
         samples, opts = plan.source, plan.options
@@ -199,7 +198,8 @@ class WebdatasetKind(InputKind):
 
 
 def _where(source: DataSource, f: DataFile) -> str:
-    return storage.join(source.root, f.path) if storage.is_url(source.root) else os.path.join(source.root, f.path)
+    """Where the tar recorded as ``f.path`` is (the recorded name is an escape of the real one)."""
+    return os.fsdecode(source_path(source.root, f.path))
 
 
 def _listed_paths(paths: list[str], request: Request, root: str | None = None) -> DataSource:
