@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 import subprocess
 import sys
@@ -68,7 +69,8 @@ def test_smoke_results_hold_every_scenario_with_measured_rows(smoke):
         assert isinstance(measured, (int, float)) and math.isfinite(measured), target
         if target["goal"].endswith("×"):
             assert measured > 0, target
-        assert target["met"] is (measured >= float(goal) if op == ">=" else measured <= float(goal)), target
+        compare = {">=": operator.ge, "<=": operator.le, "<": operator.lt}[op]
+        assert target["met"] is compare(measured, float(goal)), target
 
 
 def test_markdown_names_the_baseline_and_every_contender(smoke):
