@@ -14,11 +14,14 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
+from .convert.kinds.base import shard_infos
 from .convert.options import parse_size
 from .convert.output import ChunkResult, Destination, ShardWriter as ShardFile
 from .errors import DestinationError
 from .format.fields import as_array, codec_of
-from .format.manifest import MANIFEST_NAME, Manifest, ShardInfo, shard_stamp
+from .format.manifest import MANIFEST_NAME, Manifest, shard_stamp
 from .format.records import members_bytes, sample_key, sample_members
 from .format.schema import FieldSpec, Schema
 from .format.tar import END_OF_ARCHIVE
@@ -137,9 +140,11 @@ class ShardWriter:
         if "__key__" in sample:
             raise ValueError(f"sample {position}: shardkit keys samples by their position; keep your own key as a "
                              f"field, e.g. 'key.txt'")
-        self._check_fields(sample, position)
         try:
-            members = sample_members(sample_key(position), sample, quality=self.quality)
+            # each array field made an array once (a tensor leaves its device once), then checked and encoded
+            arrays = {name: _array(name, value) for name, value in sample.items() if codec_of(name).name == "npy"}
+            self._check_fields(sample, arrays)
+            members = sample_members(sample_key(position), {**sample, **arrays}, quality=self.quality)
         except ValueError as err:
             raise ValueError(f"sample {position}: {err}") from None
         size = members_bytes(len(data) for _, data in members)
@@ -151,7 +156,7 @@ class ShardWriter:
             previous = self._records[-1].sha256 if self._records else ""
             self._file = ShardFile(self._dst, len(self._records), shard_stamp(previous, *(d for _, d in members)))
         self._file.add(ChunkResult(members, 1))
-        self._record_fields(sample)
+        self._record_fields(sample, arrays)
         self.samples += 1
 
     def write_all(self, samples: Iterable[Mapping[str, Any]]) -> None:
@@ -174,7 +179,7 @@ class ShardWriter:
         schema = Schema.samples(stats.spec(name, name in self.optional or stats.count < self.samples)
                                 for name, stats in self._fields.items())
         manifest = Manifest(kind="samples", schema=schema,
-                            shards=[ShardInfo(r.name, r.samples, r.bytes, r.sha256, r.stamp, r.index) for r in self._records],
+                            shards=shard_infos(self._records),
                             params={"max_shard_size": self.max_shard_size, "max_shard_samples": self.max_shard_samples,
                                     "quality": self.quality})
         try:
@@ -193,36 +198,41 @@ class ShardWriter:
                 self._file = None
 
     # -- fields ---------------------------------------------------------------------------------
-    def _check_fields(self, sample: Mapping[str, Any], position: int) -> None:
+    def _check_fields(self, sample: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        """``ValueError`` (the caller names the sample) for fields that differ from the first sample's."""
         if self._fields is None:
             return
         known = self._fields.keys() | set(self.optional)
         extra = [f for f in sample if f not in known]
         if extra:
-            raise ValueError(f"sample {position}: field {extra[0]!r} is not in the first sample's fields "
+            raise ValueError(f"field {extra[0]!r} is not in the first sample's fields "
                              f"({', '.join(self._fields)}); declare fields some samples lack in optional=")
-        missing = [f for f, s in self._fields.items() if f not in sample and f not in self.optional]
+        missing = [f for f in self._fields if f not in sample and f not in self.optional]
         if missing:
-            raise ValueError(f"sample {position}: field {missing[0]!r} is missing (every sample has the first "
+            raise ValueError(f"field {missing[0]!r} is missing (every sample has the first "
                              f"sample's fields, except those in optional=)")
-        for name, value in sample.items():
+        for name, array in arrays.items():
             stats = self._fields.get(name)
-            if stats is not None and stats.dtype is not None:
-                dtype = str(as_array(value).dtype)
-                if dtype != stats.dtype:
-                    raise ValueError(f"sample {position}: field {name!r} is a {dtype} array, earlier samples' are "
-                                     f"{stats.dtype}")
+            if stats is not None and stats.dtype is not None and str(array.dtype) != stats.dtype:
+                raise ValueError(f"field {name!r} is a {array.dtype} array, earlier samples' are {stats.dtype}")
 
-    def _record_fields(self, sample: Mapping[str, Any]) -> None:
+    def _record_fields(self, sample: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
         if self._fields is None:
             self._fields = {name: _FieldStats() for name in sample}
-        for name, value in sample.items():
+        for name in sample:
             stats = self._fields.setdefault(name, _FieldStats())
             stats.count += 1
-            if codec_of(name).name == "npy":
-                array = as_array(value)
-                stats.dtype = str(array.dtype)
-                stats.shapes.add(tuple(array.shape))
+        for name, array in arrays.items():
+            stats = self._fields[name]
+            stats.dtype = str(array.dtype)
+            stats.shapes.add(tuple(array.shape))
+
+
+def _array(name: str, value: Any) -> np.ndarray:
+    try:
+        return as_array(value)
+    except ValueError as err:
+        raise ValueError(f"field {name!r}: {err}") from None
 
 
 class _FieldStats:

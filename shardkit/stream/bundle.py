@@ -10,6 +10,7 @@ the structure, dtypes and shapes beside it; the main process cuts them back out 
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -60,9 +61,7 @@ def unbundle(packed: Bundle) -> list[Any]:
     buffer = packed.buffer
 
     def view(slot: _Slot) -> torch.Tensor:
-        n = slot.dtype.itemsize
-        for d in slot.shape:
-            n *= d
+        n = math.prod(slot.shape) * slot.dtype.itemsize
         return buffer[slot.offset:slot.offset + n].view(slot.dtype).view(slot.shape)
 
     return [map_leaves(b, view, _Slot) for b in packed.layout]

@@ -210,7 +210,6 @@ class StreamingLoader(DataLoader):
         if workers > 0 and prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
         super().__init__(fetcher, **kwargs, **dataloader_kwargs)
-        self.run = None
 
     @property
     def image_keys(self) -> tuple:
@@ -243,7 +242,7 @@ class StreamingLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:
         # The epoch begins at the first next(), not at iter(): Lightning calls the sampler's
         # set_epoch between the two (as DataLoader reads a DistributedSampler's order lazily)
-        self.run = self._units.run = run = self.stream.begin(self.plan_layout)
+        self._units.run = run = self.stream.begin(self.plan_layout)
         if self._batcher is not None and run.start.consumed:
             raise ValueError("a bucketing loader resumes on the layout it was saved on (same world size, "
                              "num_workers and batch size)")

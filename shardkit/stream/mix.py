@@ -46,7 +46,7 @@ from .plan import EpochPlan, Layout, Regime, Segment, lay_out, spans, window
 from .reader import ReadOptions
 from .sources import Source
 from .state import EpochState, Identity, derive_seed
-from .views import View
+from .views import PairView, View
 
 #: Samples per run of one source in a mixed epoch: short enough that every stretch of a few
 #: hundred samples is close to the weights, long enough to keep the epoch's plan small.
@@ -356,7 +356,7 @@ class MixView(View):
             for ref in d.source.shards:
                 self._of[f"{names[i]}/{ref.name}"] = i
         self.random = any(v.random for v in self.views)
-        self._tuples = first.fields is None and source.kind != "samples"
+        self._tuples = isinstance(first, PairView)  # (value, label) samples; else dicts
         base = first.collate
         self.collate = _SourceCollate(base) if with_source and self._tuples else base
 

@@ -114,10 +114,6 @@ class ErrorLog:
         self.records.append(record)
         self.new.append(record)
 
-    def extend(self, records: Iterable[dict[str, Any]]) -> None:
-        for record in records:
-            self.records.append(record)
-
     def take_new(self) -> list[dict[str, Any]]:
         new, self.new = self.new, []
         return new

@@ -37,6 +37,9 @@ class SampleStream:
     def __init__(self, source: Source, opts: ReadOptions, view: View, seed: int, errors: ErrorLog,
                  spans: int = 1) -> None:
         self.source, self.view, self.seed, self.errors = source, view, seed, errors
+        self._names = [s.name for s in source.shards]  # made once: samples() runs per batch
+        self._fast_for: Any = None  # the collate function last asked for, and the view's block-level version of it
+        self._fast: Callable | None = None
         self.reader = ShardReader(source, opts, errors)
         self._spans: OrderedDict[tuple, Any] = OrderedDict()  # span identity → what was read of it
         self._held = max(spans, 1)
@@ -129,7 +132,7 @@ class SampleStream:
 
     def samples(self, segments: Iterable[Segment]) -> Iterator[Any]:
         """The decoded, transformed samples of the segments, damaged ones replaced (see the module)."""
-        view, errors, names = self.view, self.errors, [s.name for s in self.source.shards]
+        view, errors, names = self.view, self.errors, self._names
         decode = self._seeded if view.random else None
         lost: dict[int, int] = {}  # samples that could not be read, per shard: one record each
         p = shard = index = 0
@@ -235,7 +238,9 @@ class SampleStream:
     def batch(self, segments: Iterable[Segment], collate: Callable[[list], Any]) -> Any:
         """One batch: the segments' samples, collated (straight from the blocks when the view can)."""
         segments = list(segments)
-        fast = self.view.fast_collate(collate)
+        if self._fast_for is not collate:  # asked once per collate function, not per batch
+            self._fast_for, self._fast = collate, self.view.fast_collate(collate)
+        fast = self._fast
         if fast is not None and self.source.schema.blocks is not None:
             groups = self.block_groups(segments)
             if groups:

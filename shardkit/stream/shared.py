@@ -21,6 +21,7 @@ epoch starts (:meth:`SharedBatches.sweep`), before any of its requests is sent.
 
 from __future__ import annotations
 
+import math
 import os
 import weakref
 from collections.abc import Sequence
@@ -88,10 +89,7 @@ class SharedBatches:
         """An uninitialised tensor in a free segment of this worker, or None when none is free."""
         if self._collected is None:
             return None
-        numel = 1
-        for d in shape:
-            numel *= d
-        nbytes = numel * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         if nbytes > MAX_BYTES:
             return None
         table = self.table

@@ -14,6 +14,7 @@ out what is left of the epoch anew.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,7 +73,7 @@ class Identity:
     epoch_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "seed": self.seed, "shuffle": self.shuffle, "epoch_size": self.epoch_size}
+        return dataclasses.asdict(self)
 
 
 @dataclass

@@ -61,13 +61,12 @@ class View:
     @property
     def image_keys(self) -> tuple:
         """Where image batches sit in a collated batch (positions or field names), for ``DeviceLoader``."""
-        names = self.fields if self.fields is not None else self.schema.names
-        return tuple(n for n in names if codec_of(n).image) if self.decode is not False else ()
+        return tuple(n for n in self._names() if codec_of(n).image) if self.decode is not False else ()
 
     def __call__(self, raw: Raw, shard: str) -> Any:
         """The sample ``raw`` (from shard ``shard``) as this view yields it, before ``transform``."""
         if isinstance(raw, BlockItem):
-            return {name: self._array(raw.block.value(name, raw.index), name) for name in self._names()
+            return {name: self._array(raw.block.value(name, raw.index)) for name in self._names()
                     if name in raw.block.arrays}
         return self.schema.decode_group(raw.fields, shard, raw.key, names=self.fields, image=self.image)
 
@@ -84,7 +83,7 @@ class View:
     def _names(self) -> Sequence[str]:
         return self.fields if self.fields is not None else self.schema.names
 
-    def _array(self, value: Any, name: str) -> Any:
+    def _array(self, value: Any) -> Any:
         if isinstance(value, np.ndarray) and self.decode is not False:
             return torch.from_numpy(value.astype(np.int64) if value.dtype.kind in "iu" else value.copy())
         return value
@@ -94,7 +93,22 @@ class View:
         return self.transform(sample) if self.transform is not None else sample
 
 
-class ImagesView(View):
+class PairView(View):
+    """A kind whose samples are ``(value, label)`` pairs (images, sequences, tabular rows): the
+    transform applies to the value."""
+
+    @property
+    def image_keys(self) -> tuple:
+        return ()
+
+    def finish(self, sample: Any) -> Any:
+        if self.transform is None:
+            return sample
+        value, label = sample
+        return self.transform(value), label
+
+
+class ImagesView(PairView):
     collate = staticmethod(image_collate)
 
     @property
@@ -116,19 +130,9 @@ class ImagesView(View):
                                  member=f"{raw.key}.{LABEL_FIELD}")
         return image, label
 
-    def finish(self, sample: Any) -> Any:
-        if self.transform is None:
-            return sample
-        image, label = sample
-        return self.transform(image), label
 
-
-class SequencesView(View):
+class SequencesView(PairView):
     collate = staticmethod(pad_collate)
-
-    @property
-    def image_keys(self) -> tuple:
-        return ()
 
     def __call__(self, raw: BlockItem, shard: str) -> Any:
         block, i = raw.block, raw.index
@@ -183,19 +187,9 @@ class SequencesView(View):
                 else tokens[k + np.repeat(starts - before, counts)])
         return torch.from_numpy(padded), torch.from_numpy(lengths), torch.from_numpy(labels)
 
-    def finish(self, sample: Any) -> Any:
-        if self.transform is None:
-            return sample
-        tokens, label = sample
-        return self.transform(tokens), label
 
-
-class TabularView(View):
+class TabularView(PairView):
     collate = staticmethod(row_collate)
-
-    @property
-    def image_keys(self) -> tuple:
-        return ()
 
     def __call__(self, raw: BlockItem, shard: str) -> Any:
         block, i = raw.block, raw.index
@@ -235,12 +229,6 @@ class TabularView(View):
             features[rows] = block.arrays["features"][indices]
             labels[rows] = block.arrays["label"][indices]
         return torch.from_numpy(features), torch.from_numpy(labels)
-
-    def finish(self, sample: Any) -> Any:
-        if self.transform is None:
-            return sample
-        features, label = sample
-        return self.transform(features), label
 
 
 #: kind → its view; a dataset read with ``fields=...`` uses the generic :class:`View`.
