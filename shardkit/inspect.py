@@ -68,7 +68,7 @@ def summary(manifest: Manifest) -> str:
     schema = manifest.schema
     if schema.blocks is not None:
         cols = schema.blocks.columns
-        lines.append("columns: " + ", ".join(f"{c.field} ({c.kind}{', ' + c.dtype if c.dtype else ''}"
+        lines.append("columns: " + ", ".join(f"{printable(c.field)} ({c.kind}{', ' + c.dtype if c.dtype else ''}"
                                              f"{', optional' if c.optional else ''})" for c in cols))
     else:
         lines.append("fields: " + ", ".join(f"{printable(f.name)} ({f.codec.name}{', ' + f.dtype if f.dtype else ''}"

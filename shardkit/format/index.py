@@ -52,12 +52,6 @@ class ShardIndex:
         g = min(g, self.groups)
         return g, self.offsets[g], self.starts[g]
 
-    def span_bytes(self, start: int, stop: int) -> tuple[int, int]:
-        """``(first byte, end byte)`` of the groups holding samples ``start..stop``."""
-        _, first, _ = self.locate(start)
-        g1 = bisect.bisect_left(self.starts, stop)
-        return first, self.offsets[min(g1, self.groups)]
-
     def to_bytes(self) -> bytes:
         return npy_bytes(np.array([self.offsets, self.starts], dtype=np.int64).T.copy())
 

@@ -45,7 +45,7 @@ _LINKS_AND_SPECIALS = {tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard 
 def member_header(name: str, size: int, stamp: str = "") -> bytes:
     """The deterministic 512-byte USTAR header of a regular file member.
 
-    ``stamp`` (at most 32 ASCII characters) goes into the group-name field, with ``shardkit`` as
+    ``stamp`` (at most 31 ASCII characters) goes into the group-name field, with ``shardkit`` as
     the user name: every member of a shardkit shard carries its dataset's stamp there, so a reader
     can tell a shard that was replaced under it (``tar tvf`` shows it as the owner; extraction
     falls back to uid/gid 0, as for any unknown owner).
@@ -56,6 +56,7 @@ def member_header(name: str, size: int, stamp: str = "") -> bytes:
     """
     if _name_problem(name):
         raise ValueError(f"tar member name {name!r} is {_name_problem(name)}")
+    _check_stamp(stamp)  # on both paths below
     encoded = name.encode("utf-8")
     if len(encoded) <= 100 and 0 <= size < 8 ** 11:
         # The fields tarfile would write, filled into a template: TarInfo.tobuf costs ~20 % of a
@@ -75,11 +76,14 @@ _MODE_IDS = b"0000644\0" + b"0000000\0" * 2  # mode, uid, gid
 _STAMP = slice(297, 329)  # the group-name field
 
 
+def _check_stamp(stamp: str) -> None:
+    if len(stamp) > 31 or not stamp.isascii():  # the group-name field holds 31 and its NUL
+        raise ValueError(f"a shard stamp is at most 31 ASCII characters, not {stamp!r}")
+
+
 @functools.lru_cache(maxsize=64)
 def _after_size(stamp: str) -> bytes:
     """The header bytes after the size field: mtime, checksum, type, link, magic, owner, dev, prefix."""
-    if len(stamp) > 31 or not stamp.isascii():
-        raise ValueError(f"a shard stamp is at most 31 ASCII characters, not {stamp!r}")
     owner = (b"shardkit" if stamp else b"").ljust(32, b"\0") + stamp.encode().ljust(32, b"\0")
     return (b"00000000000\0" + b" " * 8 + tarfile.REGTYPE + b"\0" * 100 + b"ustar\x0000" + owner
             + b"\0" * 16 + b"\0" * 155 + b"\0" * 12)

@@ -11,7 +11,7 @@ import pytest
 import webdataset as wds
 
 from shardkit.errors import ShardError
-from shardkit.format.tar import (BLOCK, END_OF_ARCHIVE, Member, TarWriter, iter_members, member_header,
+from shardkit.format.tar import (BLOCK, END_OF_ARCHIVE, Member, TarWriter, header_stamp, iter_members, member_header,
                                  read_members)
 
 #: Names and sizes that stress the layout: empty, block-sized ±1, 100-byte and prefix-split names, UTF-8.
@@ -215,3 +215,11 @@ def test_header_template_gives_tarfiles_bytes(name, size):
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
     assert member_header(name, size) == info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
+
+
+@pytest.mark.parametrize("name", ["000000001.jpg", "d" * 50 + "/" + "a" * 90], ids=["short", "split-at-a-slash"])
+@pytest.mark.parametrize("stamp", ["s" * 32, "stämp"])
+def test_a_stamp_the_group_name_field_cannot_hold_is_refused_for_any_name(name, stamp):
+    with pytest.raises(ValueError, match="at most 31 ASCII"):
+        member_header(name, 10, stamp)
+    assert header_stamp(member_header(name, 10, "s" * 31)) == "s" * 31
