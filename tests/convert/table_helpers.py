@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import webdataset as wds
 
 import datagen
 
@@ -69,3 +70,17 @@ def write_tabular(folder: Path, x: np.ndarray, y: np.ndarray, fmt: str, *, row_g
         return folder / "X.npy", {"labels": folder / "y.npy"}
     rows = [{**{f"f{j}": float(v) for j, v in enumerate(row)}, "label": int(label)} for row, label in zip(x, y)]
     return write_table(folder / f"d.{fmt}", rows, fmt, row_group_size=row_group_size), {}
+
+
+def write_tars(folder, tars=3, per_tar=8, seed=0):
+    """webdataset tars of ``{jpg, txt, json, cls}`` samples; returns the samples by caption."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng, samples = np.random.default_rng(seed), {}
+    for t in range(tars):
+        with wds.TarWriter(str(folder / f"old-{t:06d}.tar")) as w:
+            for i in range(per_tar):
+                sample = {"__key__": f"{t:03d}/{i:05d}", "jpg": datagen.encode_image("RGB", "JPEG", rng),
+                          "txt": f"caption {t}-{i}", "json": {"t": t, "i": i}, "cls": i % 3}
+                w.write(sample)
+                samples[sample["txt"]] = sample
+    return samples

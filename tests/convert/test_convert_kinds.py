@@ -18,7 +18,7 @@ from shardkit.convert.output import PARTIAL
 from shardkit.convert.sources import detect_kind
 from shardkit.convert.options import ConvertOptions
 from table_helpers import caption_rows, features, write_table, write_tabular
-from test_convert_webdataset import write_tars
+from table_helpers import write_tars
 
 
 def make_source(kind: str, root, big: bool = False):
@@ -55,9 +55,11 @@ def test_kill_9_then_rerun_gives_the_bytes_of_an_uninterrupted_run(tmp_path, kin
         time.sleep(0.001)
     os.kill(proc.pid, signal.SIGSTOP)  # freeze it at once, then look, then kill
     interrupted = not (dst / "manifest.json").exists()
+    kept = len(list(dst.glob("shard-*.tar")))
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert interrupted, "the conversion finished before it could be killed; give it more data"
+    assert kept >= 3, "killed before 3 shards were written: the rerun would not resume from kept shards"
     assert (dst / PARTIAL).exists()
     rerun = subprocess.run(cli(dst), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr

@@ -12,20 +12,7 @@ import datagen
 import shardkit
 from datagen import dst_files
 from shardkit.errors import SourceError
-
-
-def write_tars(folder, tars=3, per_tar=8, seed=0):
-    """webdataset tars of ``{jpg, txt, json, cls}`` samples; returns the samples by caption."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng, samples = np.random.default_rng(seed), {}
-    for t in range(tars):
-        with wds.TarWriter(str(folder / f"old-{t:06d}.tar")) as w:
-            for i in range(per_tar):
-                sample = {"__key__": f"{t:03d}/{i:05d}", "jpg": datagen.encode_image("RGB", "JPEG", rng),
-                          "txt": f"caption {t}-{i}", "json": {"t": t, "i": i}, "cls": i % 3}
-                w.write(sample)
-                samples[sample["txt"]] = sample
-    return samples
+from table_helpers import write_tars
 
 
 def members_of(tar_path):

@@ -203,6 +203,7 @@ def test_killing_the_main_process_leaves_no_worker_and_no_lock(med, tmp_path, cl
         deadline = time.monotonic() + 60
         while moment == "writing" and not list((tmp_path / "out").glob("shard-*.tar")) and time.monotonic() < deadline:
             time.sleep(0.01)  # in the middle: a shard or two done
+        assert moment != "writing" or list((tmp_path / "out").glob("shard-*.tar")), "no shard written within 60 s"
         workers = psutil.Process(proc.pid).children()
         os.kill(proc.pid, sig)
         _, stderr = proc.communicate(timeout=60)
