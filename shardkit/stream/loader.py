@@ -31,7 +31,7 @@ from .base import Stream, seed_globals
 from .dataset import StreamingDataset
 from .nested import map_leaves
 from .packing import Packer, batches_per_rank
-from .plan import Layout, Segment, batch_order, samples_per_rank, worker_ranges
+from .plan import Cursor, Layout, Segment, batch_order, samples_per_rank, worker_ranges
 from .shared import SharedBatches
 from .state import derive_seed
 
@@ -367,7 +367,7 @@ class _Units(DistributedSampler):
         units = [(j0, group) for j0, group in _unit_groups(counts, layout) if j0 + len(group) > start]
         # each worker's batches are cut in order: a cursor per worker, not a search from its first
         # segment for every batch (a mix's epoch holds a segment per few samples)
-        cursors = [_Cursor(segs) for segs in segments]
+        cursors = [Cursor(segs) for segs in segments]
         for i, (j0, group) in enumerate(units):
             w = group[0][0]
             batches = tuple(tuple(cursors[w].take(n * b, min((n + 1) * b, counts[w]))) for _, n in group)
@@ -382,45 +382,6 @@ class _Units(DistributedSampler):
                 if first is not None:
                     ahead = (first.shard, first.start + (first.lo if first.seed is None else 0))
             yield Unit(run.epoch, batches, check, ahead, derive_seed(stream.seed, run.epoch, stream.rank, j0))
-
-
-class _Cursor:
-    """Cuts entries out of a worker's segments, going forward (``plan.take`` without wrapping)."""
-
-    def __init__(self, segments: tuple[Segment, ...]) -> None:
-        self.segments, self.i, self.at = segments, 0, 0  # segment i starts at entry `at`
-
-    def _seek(self, begin: int) -> None:
-        if begin < self.at:
-            self.i, self.at = 0, 0
-        while self.i < len(self.segments) and self.at + self.segments[self.i].count <= begin:
-            self.at += self.segments[self.i].count
-            self.i += 1
-
-    def take(self, begin: int, end: int) -> list[Segment]:
-        """Entries ``begin..end`` (within the segments' total)."""
-        self._seek(begin)
-        out, i, at = [], self.i, self.at
-        while begin < end and i < len(self.segments):
-            seg = self.segments[i]
-            lo, hi = begin - at, min(end - at, seg.count)
-            if hi > lo:
-                out.append(seg.cut(lo, hi) if (lo, hi) != (0, seg.count) else seg)
-                begin = at + hi
-            if hi >= seg.count:
-                at += seg.count
-                i += 1
-        return out
-
-    def peek(self, begin: int) -> Segment | None:
-        """The segment piece holding entry ``begin``, if any (the cursor does not move)."""
-        i, at = self.i, self.at
-        if begin < at:
-            i, at = 0, 0
-        while i < len(self.segments) and at + self.segments[i].count <= begin:
-            at += self.segments[i].count
-            i += 1
-        return self.segments[i].cut(begin - at, begin - at + 1) if i < len(self.segments) else None
 
 
 def _window_sizes(count: int, window: int) -> list[int]:

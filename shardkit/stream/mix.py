@@ -42,7 +42,7 @@ import numpy as np
 from .base import Stream
 from .dataset import StreamingDataset, StreamOptions
 from .packing import epoch_window
-from .plan import EpochPlan, Layout, Regime, Segment, lay_out, spans, window
+from .plan import Cursor, EpochPlan, Layout, Regime, Segment, lay_out, spans, subtract, window
 from .reader import ReadOptions
 from .sources import Source
 from .state import EpochState, Identity, derive_seed
@@ -70,7 +70,7 @@ def interleave(parts: Sequence[Sequence[Segment]], counts: Sequence[int], run: i
     times = np.concatenate([(np.arange(m) + 0.5) / m for m in units if m] or [np.zeros(0)])
     which = np.concatenate([np.full(m, i) for i, m in enumerate(units) if m] or [np.zeros(0, int)])
     order = which[np.lexsort((which, times))].tolist()
-    cursors = [_Forward(p) for p in parts]
+    cursors = [Cursor(p) for p in parts]
     taken = [0] * len(parts)
     out: list[Segment] = []
     i = 0
@@ -79,29 +79,10 @@ def interleave(parts: Sequence[Sequence[Segment]], counts: Sequence[int], run: i
         while j < len(order) and order[j] == s:
             j += 1
         n = min((j - i) * run, counts[s] - taken[s])
-        out += cursors[s].take(n)
+        out += cursors[s].take(taken[s], taken[s] + n)
         taken[s] += n
         i = j
     return out
-
-
-class _Forward:
-    """Takes the next entries of a list of segments."""
-
-    def __init__(self, segments: Sequence[Segment]) -> None:
-        self.segments, self.i, self.into = list(segments), 0, 0
-
-    def take(self, n: int) -> list[Segment]:
-        out = []
-        while n > 0 and self.i < len(self.segments):
-            seg = self.segments[self.i]
-            k = min(n, seg.count - self.into)
-            out.append(seg if k == seg.count else seg.cut(self.into, self.into + k))
-            self.into += k
-            n -= k
-            if self.into == seg.count:
-                self.i, self.into = self.i + 1, 0
-        return out
 
 
 def remaining_pieces(sequence: Sequence[Segment], consumed: Sequence[Segment]) -> list[Segment]:
@@ -117,24 +98,11 @@ def remaining_pieces(sequence: Sequence[Segment], consumed: Sequence[Segment]) -
     out = []
     for seg in sequence:
         if seg.seed is None:
-            for a, b in _subtract(seg.start + seg.lo, seg.start + seg.hi, done.get((seg.pass_, seg.shard), ())):
+            for a, b in subtract([(seg.start + seg.lo, seg.start + seg.hi)], done.get((seg.pass_, seg.shard), ())):
                 out.append(seg._replace(lo=a - seg.start, hi=b - seg.start))
         else:
-            for a, b in _subtract(seg.lo, seg.hi, done.get(tuple(seg[:5]), ())):
+            for a, b in subtract([(seg.lo, seg.hi)], done.get(tuple(seg[:5]), ())):
                 out.append(seg._replace(lo=a, hi=b))
-    return out
-
-
-def _subtract(lo: int, hi: int, cuts) -> list[tuple[int, int]]:
-    out, at = [], lo
-    for a, b in sorted(cuts):
-        if b <= at or a >= hi:
-            continue
-        if a > at:
-            out.append((at, a))
-        at = max(at, b)
-    if at < hi:
-        out.append((at, hi))
     return out
 
 

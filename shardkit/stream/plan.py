@@ -368,9 +368,9 @@ def remaining(epoch: Sequence[Segment], consumed: Iterable[Segment]) -> list[Seg
         cuts = [(max(a, first), min(b, last)) for a, b in plain_done.get(key, ())]
         spans_here = sorted(t for t in touched.get(key, ()) if t[0] < last and t[1] > first)
         cuts += [(a, b) for a, b, _ in spans_here]
-        pieces = [(a, b, None) for a, b in _subtract([(first, last)], cuts)]
+        pieces = [(a, b, None) for a, b in subtract([(first, last)], cuts)]
         for a, b, seed in spans_here:
-            left = _subtract([(0, b - a)], spans_done[(seg.pass_, seg.shard, a, b, seed)])
+            left = subtract([(0, b - a)], spans_done[(seg.pass_, seg.shard, a, b, seed)])
             pieces += [(a, b, (seed, lo, hi)) for lo, hi in left]
         for a, b, spanned in sorted(pieces, key=lambda p: (p[0], p[2] is not None and p[2][1])):
             if spanned is None:
@@ -381,7 +381,7 @@ def remaining(epoch: Sequence[Segment], consumed: Iterable[Segment]) -> list[Seg
     return out
 
 
-def _subtract(ranges: list[tuple[int, int]], cuts: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+def subtract(ranges: list[tuple[int, int]], cuts: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """``ranges`` minus the ``cuts``, as sorted disjoint ranges."""
     out = ranges
     for a, b in sorted(c for c in cuts if c[0] < c[1]):
@@ -461,3 +461,39 @@ def lay_out(sequence: Sequence[Segment], layout: Layout, *, span: int, seed: int
             workers.append(tuple(spans(take(part, lo, hi) if hi > lo else [], span, seed, shuffle)))
         ranks.append(tuple(workers))
     return EpochPlan(layout, tuple(ranks))
+
+
+class Cursor:
+    """Cuts entries out of a list of segments (a worker's, a mix source's), mostly going forward:
+    :func:`take` without wrapping, and without walking from the start each time."""
+
+    def __init__(self, segments: Sequence[Segment]) -> None:
+        self.segments, self.i, self.at = tuple(segments), 0, 0  # segment i starts at entry `at`
+
+    def _locate(self, begin: int) -> tuple[int, int]:
+        """``(i, at)``: the segment holding entry ``begin`` and its first entry (from here on)."""
+        i, at = (self.i, self.at) if begin >= self.at else (0, 0)
+        while i < len(self.segments) and at + self.segments[i].count <= begin:
+            at += self.segments[i].count
+            i += 1
+        return i, at
+
+    def take(self, begin: int, end: int) -> list[Segment]:
+        """Entries ``begin..end`` (within the segments' total)."""
+        self.i, self.at = i, at = self._locate(begin)
+        out = []
+        while begin < end and i < len(self.segments):
+            seg = self.segments[i]
+            lo, hi = begin - at, min(end - at, seg.count)
+            if hi > lo:
+                out.append(seg.cut(lo, hi) if (lo, hi) != (0, seg.count) else seg)
+                begin = at + hi
+            if hi >= seg.count:
+                at += seg.count
+                i += 1
+        return out
+
+    def peek(self, begin: int) -> Segment | None:
+        """The segment piece holding entry ``begin``, if any (the cursor does not move)."""
+        i, at = self._locate(begin)
+        return self.segments[i].cut(begin - at, begin - at + 1) if i < len(self.segments) else None
