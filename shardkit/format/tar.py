@@ -462,3 +462,30 @@ class _Reader:
 def read_members(data: bytes, shard: str = "<bytes>", **kwargs) -> list[Member]:
     """All members of an in-memory tar (tests, small shards); same errors as :func:`iter_members`."""
     return list(iter_members(io.BytesIO(data), shard, size=len(data), **kwargs))
+
+
+def plain_members(data: bytes, start: int, stamp: str | None) -> list[Member] | None:
+    """The members in ``data`` (a group's bytes, from shard byte ``start``) when they are all plain
+    USTAR regular files with sound checksums and safe names (what shardkit writes), else None.
+
+    :func:`iter_members` would give the same (and costs 3x as much for a one-image group, measured:
+    65 µs against 20 µs): it is kept for everything else, and for its errors. ``IndexedDataset``
+    reads one group per sample with it."""
+    out, at, view = [], 0, memoryview(data)
+    while at < len(data):
+        block = data[at:at + BLOCK]
+        if len(block) < BLOCK:
+            return None
+        try:
+            header = _parse_header(block)
+        except ValueError:
+            return None
+        if not isinstance(header, _Header) or header.type not in (b"0", b"\0") or _name_problem(header.name):
+            return None
+        if not out and stamp is not None and header_stamp(block) != stamp:
+            return None
+        if at + BLOCK + header.size > len(data):
+            return None
+        out.append(Member(header.name, bytes(view[at + BLOCK:at + BLOCK + header.size]), start + at))
+        at += BLOCK + header.size + (-header.size % BLOCK)
+    return out or None
