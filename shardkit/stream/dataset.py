@@ -23,6 +23,19 @@ from .state import EpochState, Identity, resolve_world
 from .views import View, make_view
 
 
+def epoch_count(size: int | float | None, total: int) -> int:
+    """Samples in an epoch of ``size`` (a count, a float fraction of ``total``, or None: ``total``).
+
+    Raises:
+        ValueError: ``size`` is not a positive count or fraction.
+    """
+    if size is None:
+        return total
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0:
+        raise ValueError(f"epoch_size must be a positive count or fraction, not {size!r}")
+    return max(1, round(size * total)) if isinstance(size, float) else size
+
+
 @dataclass(frozen=True)
 class StreamOptions:
     """The rarer settings of a :class:`StreamingDataset` (each may also be passed by name to it).
@@ -64,9 +77,7 @@ class StreamOptions:
             raise ValueError(f"shuffle_buffer must be an int >= 0, not {self.shuffle_buffer!r}")
         if self.on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, not {self.on_error!r}")
-        size = self.epoch_size
-        if size is not None and (isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0):
-            raise ValueError(f"epoch_size must be a positive count or fraction, not {size!r}")
+        epoch_count(self.epoch_size, 0)  # checks it
         if self.drop_last and not self.even:
             raise ValueError("drop_last=True evens the ranks out; even=False gives each sample to one rank: choose one")
 
@@ -159,10 +170,8 @@ class StreamingDataset(Stream):
     @property
     def epoch_samples(self) -> int:
         """Samples per epoch across all ranks (before padding)."""
-        size, total = self.options.epoch_size, self.source.samples
-        if size is None or total == 0:
-            return total
-        return max(1, round(size * total)) if isinstance(size, float) else size
+        total = self.source.samples
+        return epoch_count(self.options.epoch_size, total) if total else 0
 
     def __getitem__(self, index: int):
         raise TypeError("StreamingDataset streams; it has no random access: for dataset[i], use "

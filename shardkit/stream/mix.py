@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from .base import Stream
-from .dataset import StreamingDataset, StreamOptions
+from .dataset import StreamingDataset, StreamOptions, epoch_count
 from .packing import epoch_window
 from .plan import Cursor, EpochPlan, Layout, Regime, Segment, lay_out, spans, subtract, window
 from .reader import ReadOptions
@@ -164,7 +164,7 @@ class Mix(Stream):
         self._seeds = [derive_seed(seed, "mix", n, d.seed) for n, d in zip(self.names, self.sources)]
         self.weights = self._weights(weights)
         sizes = [d.epoch_samples for d in self.sources]
-        self._epoch_size = _epoch_size(epoch_size, sum(sizes))
+        self._epoch_size = epoch_count(epoch_size, sum(sizes))
         self.offsets = list(np.cumsum([0] + [len(d.source.shards) for d in self.sources[:-1]]).tolist())
         self.source = self._concatenated()
         #: each shard's source name (what packed batches say with ``with_source``), else None
@@ -413,11 +413,3 @@ def _check_structure(names, sources) -> None:
                          f"({first[('kind', 'fields', 'decode=False', 'feature width').index(what)]!r} and "
                          f"{mine[('kind', 'fields', 'decode=False', 'feature width').index(what)]!r}); a Mix "
                          f"reads datasets of one structure (two token datasets, two image datasets)")
-
-
-def _epoch_size(size: int | float | None, total: int) -> int:
-    if size is None:
-        return total
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0:
-        raise ValueError(f"epoch_size must be a positive count or fraction, not {size!r}")
-    return max(1, round(size * total)) if isinstance(size, float) else size
