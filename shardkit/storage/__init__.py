@@ -9,7 +9,6 @@ take the plain ``open``/``os`` route; URLs go through fsspec, each call retried.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import os
 import shutil
@@ -26,6 +25,7 @@ from ..errors import MissingExtraError, ShardError, StorageError
 from . import fork as _fork  # noqa: F401 - makes fsspec's event loop safe in forked DataLoader workers
 from . import retry as _retry
 from .cache import ShardCache
+from .files import HashingReader
 from .redact import safe_url, secrets_of
 from .remote import RangeReader
 from .retry import RetryPolicy, call
@@ -278,12 +278,10 @@ def _skip(stream: IO[bytes], count: int) -> None:
 def sha256_of(path: str | os.PathLike, storage_options: Options = None, *,
               retry: RetryPolicy | None = None) -> tuple[int, str]:
     """``(size, sha256 hex)`` of a local file or URL, read as a stream (to check an uploaded shard)."""
-    digest, total = hashlib.sha256(), 0
     with open_shard(path, storage_options=storage_options, retry=retry) as f:
-        while chunk := f.read(4 << 20):
-            digest.update(chunk)
-            total += len(chunk)
-    return total, digest.hexdigest()
+        reader = HashingReader(f)
+        reader.drain()
+    return reader.size, reader.hexdigest()
 
 
 # -- metadata -----------------------------------------------------------------------------

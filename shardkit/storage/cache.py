@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import ShardError
-from .files import FileLock, sha256_of_file
+from .files import FileLock, HashingWriter, sha256_of_file
 from .redact import safe_url
 from .remote import ReadStream
 
@@ -199,13 +199,12 @@ class _Filling(ReadStream):
         self._url, self._size, self._sha256 = url, size, sha256
         self._pid = os.getpid()
         self._tmp = path.with_name(f".{path.name}.{self._pid}.tmp")
-        self._out = io.FileIO(self._tmp, "wb")  # unbuffered: a forked child must not flush into it
-        self._hash = hashlib.sha256()
-        self._written = 0
+        # unbuffered: a forked child must not flush into it; hashed and counted as it is written
+        self._out = HashingWriter(io.FileIO(self._tmp, "wb"))
         self._finished = False
 
     def tell(self) -> int:
-        return self._written
+        return self._out.size
 
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes (all the rest if negative); fewer only at the end of the shard."""
@@ -213,19 +212,17 @@ class _Filling(ReadStream):
         data = self._source.read(want)
         if data:
             self._out.write(data)
-            self._hash.update(data)
-            self._written += len(data)
         if (want < 0 or len(data) < want) and not self._finished:
             self._finish()
         return data
 
     def _finish(self) -> None:
         self._finished = True
-        self._out.close()
-        digest = self._hash.hexdigest()
+        self._out.stream.close()
+        digest, written = self._out.hexdigest(), self._out.size
         wrong = []
-        if self._size is not None and self._written != self._size:
-            wrong.append(f"{self._written} bytes, the manifest says {self._size}")
+        if self._size is not None and written != self._size:
+            wrong.append(f"{written} bytes, the manifest says {self._size}")
         if self._sha256 is not None and digest != self._sha256:
             wrong.append(f"sha256 {digest}, the manifest says {self._sha256}")
         try:
@@ -247,7 +244,7 @@ class _Filling(ReadStream):
         if self.closed:
             return
         if os.getpid() == self._pid:
-            if not self._finished and self._size is not None and self._size - self._written <= DRAIN_LIMIT:
+            if not self._finished and self._size is not None and self._size - self._out.size <= DRAIN_LIMIT:
                 try:
                     while self.read(1 << 20):
                         pass
@@ -257,7 +254,7 @@ class _Filling(ReadStream):
                 self._source.close()
             if not self._finished:  # abandoned before the end: nothing is cached
                 self._finished = True
-                self._out.close()
+                self._out.stream.close()
                 self._tmp.unlink(missing_ok=True)
                 self._lock.release()
         super().close()
