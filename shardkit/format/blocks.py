@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import ShardError
-from .fields import load_npy, npy_bytes
+from .fields import load_npy, npy_bytes, npy_header
 from .tar import entry_bytes
 
 #: Target bytes of tokens per block: large enough to amortise headers, small enough to stream.
@@ -194,7 +194,10 @@ class BlockLayout:
         name = first.lengths if first.kind == "ragged" else first.member
         if name not in group:
             raise ShardError(f"block has no {name} member", shard=shard, member=key)
-        return len(load_npy(group[name], shard, f"{key}.{name}", kinds="iu" if first.kind == "ragged" else "biufc"))
+        shape, *_ = npy_header(group[name], shard, f"{key}.{name}", kinds="iu" if first.kind == "ragged" else "biufc")
+        if not shape:
+            raise ShardError("expected an array, found a scalar", shard=shard, member=f"{key}.{name}")
+        return shape[0]
 
     def decode(self, group: dict[str, bytes], shard: str | None, key: str) -> Block:
         """Every column of a block, checked against each other.

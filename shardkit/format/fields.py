@@ -204,6 +204,16 @@ def load_npy(data: bytes, shard: str | None, member: str | None, *, kinds: str =
         ShardError: not a version 1 or 2 ``.npy``, a dtype or shape outside what is accepted, or a
             header that disagrees with the data length.
     """
+    shape, fortran, dtype, start, count = npy_header(data, shard, member, kinds=kinds, ndim=ndim)
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=start)
+    array = array.reshape(shape, order="F" if fortran else "C")
+    return array.astype(dtype.newbyteorder("="), order="C", copy=True)  # writable, native, as np.load gives
+
+
+def npy_header(data: bytes, shard: str | None, member: str | None, *, kinds: str = NPY_KINDS,
+               ndim: int | None = None) -> tuple[tuple[int, ...], bool, np.dtype, int, int]:
+    """``(shape, fortran order, dtype, data offset, value count)`` of a ``.npy`` member, checked
+    as :func:`load_npy` checks it (the same errors), without reading its values."""
     stream = io.BytesIO(data)
     try:
         version = np.lib.format.read_magic(stream)
@@ -223,9 +233,7 @@ def load_npy(data: bytes, shard: str | None, member: str | None, *, kinds: str =
     if count * dtype.itemsize != len(data) - start:
         raise ShardError(f"header says {count} values of {dtype.itemsize} bytes, the member holds "
                          f"{len(data) - start} bytes after it", shard=shard, member=member)
-    array = np.frombuffer(data, dtype=dtype, count=count, offset=start)
-    array = array.reshape(shape, order="F" if fortran else "C")
-    return array.astype(dtype.newbyteorder("="), order="C", copy=True)  # writable, native, as np.load gives
+    return tuple(shape), fortran, dtype, start, count
 
 
 def _is_integer_tensor(value: Any) -> bool:
