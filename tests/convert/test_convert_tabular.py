@@ -142,13 +142,14 @@ def test_csv_fields_choose_the_feature_columns(tmp_path):
     assert read_rows(tmp_path / "out")[0].tolist() == [[1, 2], [3, 4]]
 
 
-def test_parquet_leaves_out_columns_that_are_not_numbers(tmp_path):
+def test_parquet_leaves_out_columns_that_are_not_numbers_and_says_so(tmp_path, caplog):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"name": ["a", "b"], "x": [1.0, 2.0], "n": [3, 4], "label": [1, 0]}), tmp_path / "t.parquet")
     manifest = shardkit.convert(tmp_path / "t.parquet", tmp_path / "out", kind="tabular", workers=1, shuffle=False)
     assert manifest.stats["feature_names"] == ["x", "n"]
+    assert manifest.stats["ignored_columns"] == ["name"] and "not numeric: name" in caplog.text
     assert read_rows(tmp_path / "out")[0].tolist() == [[1, 3], [2, 4]]
 
 

@@ -29,7 +29,7 @@ from ..names import relative, source_path
 from ..output import ChunkResult
 from ..plan import Plan, cut, sample_order
 from ..sources import TABLE_FORMATS, DataFile, DataSource, list_data_files, skip_entry
-from ..table_scan import TableScan, read_scratch_row
+from ..table_scan import SkipRow, TableScan, read_scratch_row, resolve_image
 from ..tables import table_parts
 from .base import InputKind, Listed, Request, all_skipped, shard_infos
 
@@ -227,6 +227,7 @@ class TableChunk:
     def __call__(self) -> ChunkResult:
         members, skipped, read = [], [], 0
         handles: dict[int, Any] = {}
+        real_bases: dict[int, str] = {}  # a table's image directory, links resolved: once per file, not per row
         try:
             for position, file, offset, nbytes, where in self.items:
                 scratch, name, by_line = self.rows.files[file]
@@ -236,7 +237,10 @@ class TableChunk:
                 f.seek(offset)
                 row = read_scratch_row(f.read(nbytes))
                 try:
-                    sample, size = self._sample(row, self.rows.bases[file])
+                    base = self.rows.bases[file]
+                    if file not in real_bases and not storage.is_url(base):
+                        real_bases[file] = os.path.realpath(base)
+                    sample, size = self._sample(row, base, real_bases.get(file))
                     members += sample_members(sample_key(position), sample, quality=self.quality)
                     read += size
                 except (SkipImage, ValueError) as err:
@@ -247,15 +251,13 @@ class TableChunk:
                 f.close()
         return ChunkResult(members, len(self.items) - len(skipped), skipped, read)
 
-    def _sample(self, row: dict[str, Any], base: str) -> tuple[dict[str, Any], int]:
+    def _sample(self, row: dict[str, Any], base: str, base_real: str | None) -> tuple[dict[str, Any], int]:
         sample: dict[str, Any] = {}
         size = 0
         if self.rows.image_field is not None:
-            from ..table_scan import SkipRow, resolve_image
-
             value = row[self.rows.image_field]
             try:
-                where = resolve_image(value, base)
+                where = resolve_image(value, base, base_real)
             except SkipRow as err:
                 raise SkipImage(str(err)) from None
             try:

@@ -10,6 +10,7 @@ pass 1's scratch files.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,8 @@ PART_ROWS = 1 << 20
 #: The bytes a label takes at most in a block (int64; a block stores the smallest dtype that holds it).
 _LABEL_BYTES = 8
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Rows:
@@ -51,6 +54,8 @@ class Rows:
     names: tuple[str, ...] | None
     has_labels: bool
     label_range: tuple[int, int] = (0, 0)
+    #: columns that are no features (not numeric) and no label: reported, never converted
+    ignored_columns: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return sum(n for *_, n in self.parts)
@@ -123,7 +128,11 @@ class TabularKind(InputKind):
         names = next((n for _, n in widths if n is not None), None)
         rows = Rows(tuple((s.features, s.labels, s.count) for s in kept), width, names,
                     bool(kept) and kept[0].has_labels,
-                    (min((s.label_range[0] for s in kept), default=0), max((s.label_range[1] for s in kept), default=0)))
+                    (min((s.label_range[0] for s in kept), default=0), max((s.label_range[1] for s in kept), default=0)),
+                    tuple(sorted({c for s in scans for c in s.ignored_columns})))
+        if rows.ignored_columns:
+            log.warning("%s: ignored the columns that are not numeric: %s (name the features with --fields)",
+                        listed.root, ", ".join(rows.ignored_columns))
         order = sample_order(len(rows), opts)
         shard_starts, block_starts = cut_rows(len(rows), width, opts.max_shard_size, opts.max_shard_samples)
         return Plan("tabular", opts, digest, order, shard_starts, skipped, source=rows, block_starts=block_starts)
@@ -137,7 +146,8 @@ class TabularKind(InputKind):
         rows = plan.source
         stats: dict[str, Any] = {"rows": len(rows), "features": rows.width, "dtype": "float32",
                                  "feature_names": list(rows.names) if rows.names is not None else None,
-                                 "has_labels": rows.has_labels, "label_field": plan.options.label_field}
+                                 "has_labels": rows.has_labels, "label_field": plan.options.label_field,
+                                 "ignored_columns": list(rows.ignored_columns)}
         if rows.has_labels and len(rows):
             stats["labels"] = {"min": rows.label_range[0], "max": rows.label_range[1]}
         return Manifest(kind="tabular", schema=Schema.tabular(rows.width), shards=shard_infos(records),
