@@ -11,6 +11,7 @@ shard; datasets without one (older versions, webdataset shards) get it from one 
 from __future__ import annotations
 
 import bisect
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,14 +58,17 @@ class ShardIndex:
 
     @classmethod
     def from_bytes(cls, data: bytes, shard: str, size: int | None = None,
-                   samples: int | None = None) -> "ShardIndex":
-        """Parse and check an index against its shard's ``size`` and ``samples`` (when known).
+                   samples: int | None = None, sha256: str | None = None) -> "ShardIndex":
+        """Parse and check an index against its shard's ``size`` and ``samples`` and the
+        manifest's ``sha256`` of it (each when known).
 
         Raises:
-            ShardError: not an int64 array of 2 columns, offsets or counts not increasing, or
-                disagreeing with the shard.
+            ShardError: bytes other than the manifest's, not an int64 array of 2 columns, offsets
+                or counts not increasing, or disagreeing with the shard.
         """
         name = index_name(shard)
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise ShardError(f"its index {name} differs from the manifest's sha256", shard=shard)
         array = load_npy(data, shard, name, kinds="i", ndim=2)
         if array.shape[1] != 2 or len(array) < 1:
             raise ShardError(f"index has shape {array.shape}, expected (groups + 1, 2)", shard=shard, member=name)
